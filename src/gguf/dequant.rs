@@ -1,0 +1,1 @@
+//! Block dequantizers for GGML quantization types.

