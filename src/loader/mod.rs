@@ -1,1 +1,42 @@
-//! loader
+//! Loaders map checkpoints on disk onto the model and build the matching tokenizer.
+
+pub mod gguf;
+pub mod safetensors;
+
+use crate::gguf::GgufFile;
+use crate::model::{CausalLm, ModelConfig};
+use crate::source::ModelFiles;
+use crate::tokenizer::Tokenizer;
+use anyhow::{Context, Result};
+use burn::tensor::{DType, Device};
+
+/// A model ready to run, with its tokenizer and where it came from.
+pub struct LoadedModel {
+    pub model: CausalLm,
+    pub tokenizer: Tokenizer,
+    pub files: ModelFiles,
+}
+
+pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<LoadedModel> {
+    let (model, tokenizer) = match files {
+        ModelFiles::Gguf(path) => {
+            let file = GgufFile::open(path)?;
+            let config = gguf::config(&file)?;
+            let model = CausalLm::load(&config, &gguf::GgufParams::new(&file, config.clone()), device, dtype)
+                .with_context(|| format!("loading {}", path.display()))?;
+            (model, Tokenizer::from_gguf(&file)?)
+        }
+        ModelFiles::HfDir(dir) => {
+            let model = load_hf_model(dir, device, dtype)?;
+            (model, Tokenizer::from_hf_dir(dir)?)
+        }
+    };
+    Ok(LoadedModel { model, tokenizer, files: files.clone() })
+}
+
+/// The weights of a Hugging Face directory alone (tests and tiny models need no tokenizer).
+pub fn load_hf_model(dir: &std::path::Path, device: &Device, dtype: DType) -> Result<CausalLm> {
+    let config = ModelConfig::from_hf_config(&dir.join("config.json"))?;
+    let params = safetensors::SafetensorsParams::open_dir(dir)?;
+    CausalLm::load(&config, &params, device, dtype).with_context(|| format!("loading {}", dir.display()))
+}

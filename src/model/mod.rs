@@ -1,1 +1,84 @@
-//! model
+//! The transformer and the values that flow through its forward pass. Nothing here knows about
+//! files: loaders implement [`ParamSource`] to map a checkpoint onto the model.
+
+pub mod cache;
+pub mod config;
+pub mod rope;
+pub mod transformer;
+
+pub use cache::KvCache;
+pub use config::{Architecture, Llama3RopeScaling, ModelConfig, RopeScaling};
+pub use transformer::CausalLm;
+
+use anyhow::Result;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+/// Named parameters in the Hugging Face layout (`model.layers.0.self_attn.q_proj.weight`, shape
+/// `[out, in]`), as f32. `shape` is what the model expects, so a source can report a mismatch
+/// against the file it reads from.
+pub trait ParamSource {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<TensorData>;
+}
+
+/// One forward pass's tokens and their bookkeeping.
+pub struct ForwardInput {
+    /// `[batch, seq]`
+    pub input_ids: Tensor<2, Int>,
+    /// Rotary position of every token, `[batch][seq]`; differs per row under left padding.
+    pub positions: Vec<Vec<usize>>,
+    /// Which keys are real tokens, `[batch][cached + seq]`; `None` when nothing is padded.
+    pub key_mask: Option<Vec<Vec<bool>>>,
+}
+
+impl ForwardInput {
+    /// Unpadded rows of equal length starting at position `start`.
+    pub fn dense(ids: &[Vec<u32>], start: usize, device: &Device) -> Self {
+        let b = ids.len();
+        let t = ids.first().map_or(0, Vec::len);
+        let flat: Vec<i64> = ids.iter().flatten().map(|&i| i as i64).collect();
+        Self {
+            input_ids: Tensor::from_data(TensorData::new(flat, [b, t]), device),
+            positions: vec![(start..start + t).collect(); b],
+            key_mask: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsFor {
+    All,
+    /// Only the last position: what generation needs, and it skips most of the vocab matmul.
+    Last,
+    None,
+}
+
+pub struct ForwardOutput {
+    pub logits: Option<Tensor<3>>,
+    pub hidden_states: Vec<Tensor<3>>,
+}
+
+/// Vectors added to the residual stream at the output of chosen blocks: the explicit
+/// intervention point that steering plugs into.
+///
+/// `block_adds[l]` is added to the output of block `l`, i.e. to hidden-state index `l + 1` in
+/// the paper's (and transformers') convention. `positions` scales it per token.
+#[derive(Debug, Clone)]
+pub struct Intervention {
+    /// One entry per block, each `[hidden]`.
+    pub block_adds: Vec<Option<Tensor<1>>>,
+    /// `[batch, seq]` multiplier (1 = apply, 0 = leave); `None` applies everywhere.
+    pub positions: Option<Tensor<2>>,
+}
+
+impl Intervention {
+    pub(crate) fn apply(&self, block: usize, x: Tensor<3>) -> Tensor<3> {
+        let Some(Some(v)) = self.block_adds.get(block) else {
+            return x;
+        };
+        let add = v.clone().unsqueeze::<3>();
+        match &self.positions {
+            Some(p) => x + p.clone().unsqueeze_dim::<3>(2) * add,
+            None => x + add,
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Prefill and decode throughput and peak memory of the engine on the default model.
+//! `cargo run --release --example bench_engine [-- --device cpu|cuda]`; numbers go into
+//! BENCHMARKS.md beside `bench/bench_transformers.py` run on the same machine.
+
+use burn::tensor::DType;
+use persona_train::generate::{generate, Sampling};
+use persona_train::model::{ForwardInput, LogitsFor};
+use std::time::Instant;
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let device_spec = args.iter().position(|a| a == "--device").map_or("cpu", |i| args[i + 1].as_str());
+    let device = persona_train::device::parse(device_spec)?;
+    let files = persona_train::source::resolve_default()?;
+    let t0 = Instant::now();
+    let m = persona_train::loader::load(&files, &device, DType::F32)?;
+    println!("load: {:.2} s", t0.elapsed().as_secs_f64());
+
+    // Deterministic token ids that are ordinary vocabulary entries.
+    let prompt: Vec<u32> = (0..128u32).map(|i| 1000 + (i * 37) % 20000).collect();
+    for batch in [1usize, 8] {
+        let input = ForwardInput::dense(&vec![prompt.clone(); batch], 0, &device);
+        let run = || {
+            let out = m.model.forward(&input, None, None, LogitsFor::Last, false);
+            let _ = out.logits.unwrap().into_data();
+        };
+        run();
+        let times: Vec<f64> = (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                run();
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        println!("prefill b={batch} x 128: {:.0} tokens/s", (batch * 128) as f64 / median(times));
+    }
+
+    let new_tokens = 64;
+    let sampling = Sampling { max_new_tokens: new_tokens, ..Sampling::default() };
+    let short: Vec<u32> = prompt[..16].to_vec();
+    generate(&m.model, &[short.clone()], &[], 0, &Sampling { max_new_tokens: 4, ..Sampling::default() }, None)?;
+    let times: Vec<f64> = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            let out = generate(&m.model, &[short.clone()], &[], 0, &sampling, None).unwrap();
+            assert_eq!(out[0].len(), new_tokens);
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    println!("decode b=1, 16-token prompt, {new_tokens} new: {:.1} tokens/s", new_tokens as f64 / median(times));
+    println!("peak RSS: {:.0} MiB", peak_rss_mib());
+    Ok(())
+}

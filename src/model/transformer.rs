@@ -1,0 +1,280 @@
+//! The decoder-only transformer shared by Llama and Qwen2, read top to bottom: MLP, attention,
+//! decoder layer, model, causal-LM head. Field names equal the Hugging Face checkpoint keys
+//! (`self_attn.q_proj`, `input_layernorm`, ...), so loaders need no rename table.
+
+use super::cache::KvCache;
+use super::config::ModelConfig;
+use super::rope::{self, Rope};
+use super::{ForwardInput, ForwardOutput, Intervention, LogitsFor, ParamSource};
+use anyhow::{Context, Result};
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::tensor::activation::silu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
+
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.down_proj
+            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    #[module(skip)]
+    num_heads: usize,
+    #[module(skip)]
+    num_kv_heads: usize,
+    #[module(skip)]
+    head_dim: usize,
+}
+
+impl Attention {
+    /// # Shapes
+    /// - x: `[batch, seq, hidden]`; mask: `[batch, heads, seq, cached + seq]`, true = masked out
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: &Tensor<4, Bool>,
+        layer: usize,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let split = |y: Tensor<3>, heads: usize| y.reshape([b, t, heads, d]).swap_dims(1, 2);
+        let q = rope::apply(split(self.q_proj.forward(x.clone()), h), cos, sin);
+        let k = rope::apply(split(self.k_proj.forward(x.clone()), kvh), cos, sin);
+        let v = split(self.v_proj.forward(x), kvh);
+        let (k, v) = match cache {
+            Some(cache) => cache.append(layer, k, v),
+            None => (k, v),
+        };
+        let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
+        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: false };
+        let out = attention(q, k, v, Some(mask.clone()), None, options);
+        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, h * d]))
+    }
+}
+
+/// Grouped-query attention: each KV head serves `groups` query heads.
+fn repeat_kv(x: Tensor<4>, groups: usize) -> Tensor<4> {
+    if groups == 1 {
+        return x;
+    }
+    let [b, kvh, t, d] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, kvh, groups, t, d])
+        .reshape([b, kvh * groups, t, d])
+}
+
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    pub self_attn: Attention,
+    pub mlp: Mlp,
+    pub input_layernorm: RmsNorm,
+    pub post_attention_layernorm: RmsNorm,
+}
+
+#[derive(Module, Debug)]
+pub struct Model {
+    pub embed_tokens: Embedding,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+}
+
+/// The causal language model: the transformer plus the output head (tied to the embeddings
+/// when the checkpoint has no `lm_head`).
+#[derive(Module, Debug)]
+pub struct CausalLm {
+    pub model: Model,
+    pub lm_head: Option<Linear>,
+    #[module(skip)]
+    config: ModelConfig,
+    #[module(skip)]
+    rope: Rope,
+}
+
+impl CausalLm {
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> Device {
+        self.model.embed_tokens.weight.val().device()
+    }
+
+    /// Builds the model from named parameters in the Hugging Face layout, cast to `dtype`.
+    pub fn load(config: &ModelConfig, params: &dyn ParamSource, device: &Device, dtype: DType) -> Result<Self> {
+        config.validate()?;
+        let c = config;
+        let (h, kv, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let b = Builder { params, device, dtype };
+        let layers = (0..c.num_layers)
+            .map(|i| {
+                let p = format!("model.layers.{i}");
+                Ok(DecoderLayer {
+                    self_attn: Attention {
+                        q_proj: b.linear(&format!("{p}.self_attn.q_proj"), c.hidden_size, h * d, c.attention_bias)?,
+                        k_proj: b.linear(&format!("{p}.self_attn.k_proj"), c.hidden_size, kv * d, c.attention_bias)?,
+                        v_proj: b.linear(&format!("{p}.self_attn.v_proj"), c.hidden_size, kv * d, c.attention_bias)?,
+                        o_proj: b.linear(&format!("{p}.self_attn.o_proj"), h * d, c.hidden_size, false)?,
+                        num_heads: h,
+                        num_kv_heads: kv,
+                        head_dim: d,
+                    },
+                    mlp: Mlp {
+                        gate_proj: b.linear(&format!("{p}.mlp.gate_proj"), c.hidden_size, c.intermediate_size, false)?,
+                        up_proj: b.linear(&format!("{p}.mlp.up_proj"), c.hidden_size, c.intermediate_size, false)?,
+                        down_proj: b.linear(&format!("{p}.mlp.down_proj"), c.intermediate_size, c.hidden_size, false)?,
+                    },
+                    input_layernorm: b.rms_norm(&format!("{p}.input_layernorm"), c)?,
+                    post_attention_layernorm: b.rms_norm(&format!("{p}.post_attention_layernorm"), c)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let model = Model {
+            embed_tokens: Embedding {
+                weight: Param::from_tensor(b.tensor::<2>("model.embed_tokens.weight", [c.vocab_size, c.hidden_size])?),
+            },
+            layers,
+            norm: b.rms_norm("model.norm", c)?,
+        };
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(b.linear("lm_head", c.hidden_size, c.vocab_size, false)?)
+        };
+        Ok(Self { model, lm_head, config: config.clone(), rope: Rope::new(config) })
+    }
+
+    /// Runs the model over `input.input_ids`, appending to `cache` when given.
+    ///
+    /// Hidden states follow transformers' `output_hidden_states`: index 0 is the embedding
+    /// output, index N (1 ≤ N < layers) the output of block N-1 (after any intervention), and
+    /// the last index is taken after the final norm.
+    ///
+    /// # Shapes
+    /// - input_ids: `[batch, seq]`
+    /// - logits: `[batch, seq, vocab]` (`LogitsFor::All`) or `[batch, 1, vocab]` (`Last`)
+    /// - hidden_states: `layers + 1` tensors of `[batch, seq, hidden]`
+    pub fn forward(
+        &self,
+        input: &ForwardInput,
+        mut cache: Option<&mut KvCache>,
+        intervention: Option<&Intervention>,
+        logits_for: LogitsFor,
+        output_hidden_states: bool,
+    ) -> ForwardOutput {
+        let device = self.device();
+        let [b, t] = input.input_ids.dims();
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let (cos, sin) = self.rope.tables(&input.positions, &device);
+        let mask = attention_mask(input, past, self.config.num_heads, &device);
+
+        let mut x = self.model.embed_tokens.forward(input.input_ids.clone());
+        let mut hidden_states = Vec::new();
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            if output_hidden_states {
+                hidden_states.push(x.clone());
+            }
+            let attn = layer.self_attn.forward(
+                layer.input_layernorm.forward(x.clone()),
+                &cos,
+                &sin,
+                &mask,
+                i,
+                cache.as_deref_mut(),
+            );
+            x = x + attn;
+            x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
+            if let Some(iv) = intervention {
+                x = iv.apply(i, x);
+            }
+        }
+        let x = self.model.norm.forward(x);
+        if output_hidden_states {
+            hidden_states.push(x.clone());
+        }
+        let x = match logits_for {
+            LogitsFor::All => Some(x),
+            LogitsFor::Last => Some(x.slice([0..b, t - 1..t])),
+            LogitsFor::None => None,
+        };
+        let logits = x.map(|x| match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => x.matmul(self.model.embed_tokens.weight.val().transpose().unsqueeze()),
+        });
+        ForwardOutput { logits, hidden_states }
+    }
+}
+
+/// Causal + padding mask, true where attention is forbidden. A query may always see itself so
+/// that no row is fully masked: fully masked rows give NaN in softmax, which then leaks through
+/// the padded keys of later layers.
+fn attention_mask(input: &ForwardInput, past: usize, heads: usize, device: &Device) -> Tensor<4, Bool> {
+    let [b, t] = input.input_ids.dims();
+    let total = past + t;
+    let mut data = Vec::with_capacity(b * t * total);
+    for row in 0..b {
+        let keep = input.key_mask.as_ref().map(|m| &m[row]);
+        for i in 0..t {
+            let q = past + i;
+            for j in 0..total {
+                let visible = j == q || (j < q && keep.map_or(true, |k| k[j]));
+                data.push(!visible);
+            }
+        }
+    }
+    Tensor::<4, Bool>::from_data(TensorData::new(data, [b, 1, t, total]), device).expand([b, heads, t, total])
+}
+
+struct Builder<'a> {
+    params: &'a dyn ParamSource,
+    device: &'a Device,
+    dtype: DType,
+}
+
+impl Builder<'_> {
+    fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
+        let data = self.params.get(name, &shape)?;
+        let found = data.shape().to_vec();
+        anyhow::ensure!(
+            found == shape,
+            "tensor {name}: shape {found:?} does not match the expected {shape:?}"
+        );
+        Ok(Tensor::<D>::from_data(data, self.device).cast(self.dtype))
+    }
+
+    /// burn's `Linear` stores `[in, out]`; checkpoints store `[out, in]`.
+    fn linear(&self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
+        let weight = self.tensor::<2>(&format!("{name}.weight"), [d_out, d_in])?.transpose();
+        let bias = if bias {
+            Some(Param::from_tensor(self.tensor::<1>(&format!("{name}.bias"), [d_out])?))
+        } else {
+            None
+        };
+        Ok(Linear { weight: Param::from_tensor(weight), bias })
+    }
+
+    fn rms_norm(&self, name: &str, c: &ModelConfig) -> Result<RmsNorm> {
+        let gamma = self
+            .tensor::<1>(&format!("{name}.weight"), [c.hidden_size])
+            .with_context(|| format!("loading norm {name}"))?;
+        Ok(RmsNorm { gamma: Param::from_tensor(gamma), epsilon: c.rms_norm_eps })
+    }
+}

@@ -1,0 +1,103 @@
+//! Steering: persona-vector additions to the residual stream, as an explicit [`Intervention`]
+//! handed to the forward pass.
+//!
+//! Layer convention (the paper's, and transformers' `output_hidden_states`): vector row `l` is
+//! hidden-state index `l`, i.e. the output of block `l - 1`; row 0 is the embedding output and
+//! has no block to steer.
+
+use crate::model::Intervention;
+use anyhow::{ensure, Result};
+use burn::tensor::{Device, Tensor, TensorData};
+
+/// Which hidden-state rows are steered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SteerLayers {
+    /// Add `coef * v[l]` at the output of block `l - 1` (`l ≥ 1`).
+    Single(usize),
+    /// Add the layer-incremental `coef * (v[l] - v[l-1])` at the output of every block `l - 1`,
+    /// so the total added by hidden-state `l` is `coef * (v[l] - v[0])`.
+    All,
+}
+
+/// Which tokens are steered during generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Positions {
+    /// Every token, prompt and generated.
+    All,
+    /// Prompt tokens only.
+    Prompt,
+    /// The last prompt token and every generated token (the ones that produce the reply).
+    Response,
+}
+
+impl std::str::FromStr for Positions {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "all" => Ok(Self::All),
+            "prompt" => Ok(Self::Prompt),
+            "response" => Ok(Self::Response),
+            _ => anyhow::bail!("unknown steering positions {s:?} (expected all, prompt or response)"),
+        }
+    }
+}
+
+/// Per-block additions built from a persona vector, ready to become an [`Intervention`].
+#[derive(Debug, Clone)]
+pub struct Steering {
+    /// One entry per block, `[hidden]`.
+    block_adds: Vec<Option<Vec<f32>>>,
+    pub positions: Positions,
+}
+
+impl Steering {
+    /// `vector` is `[layers + 1][hidden]`, checked against the model's `num_layers` and `hidden`.
+    pub fn new(
+        vector: &[Vec<f32>],
+        layers: SteerLayers,
+        coef: f32,
+        positions: Positions,
+        num_layers: usize,
+        hidden: usize,
+    ) -> Result<Self> {
+        ensure!(
+            vector.len() == num_layers + 1,
+            "persona vector has {} layers, the model needs {} (layers + 1)",
+            vector.len(),
+            num_layers + 1
+        );
+        ensure!(
+            vector.iter().all(|row| row.len() == hidden),
+            "persona vector rows have size {}, the model's hidden size is {hidden}",
+            vector[0].len()
+        );
+        let scaled = |row: &[f32]| row.iter().map(|x| coef * x).collect::<Vec<f32>>();
+        let block_adds = match layers {
+            SteerLayers::Single(l) => {
+                ensure!(
+                    (1..=num_layers).contains(&l),
+                    "steering layer {l} is out of range 1..={num_layers} (layer 0 is the embedding output)"
+                );
+                (0..num_layers).map(|b| (b + 1 == l).then(|| scaled(&vector[l]))).collect()
+            }
+            SteerLayers::All => (1..=num_layers)
+                .map(|l| {
+                    let diff: Vec<f32> = vector[l].iter().zip(&vector[l - 1]).map(|(a, b)| a - b).collect();
+                    Some(scaled(&diff))
+                })
+                .collect(),
+        };
+        Ok(Self { block_adds, positions })
+    }
+
+    /// The intervention for one forward pass; `mask` is `[batch, seq]` (1 = steer this token).
+    pub fn intervention(&self, device: &Device, mask: Option<Tensor<2>>) -> Intervention {
+        let block_adds = self
+            .block_adds
+            .iter()
+            .map(|v| v.as_ref().map(|v| Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), device)))
+            .collect();
+        Intervention { block_adds, positions: mask }
+    }
+}
