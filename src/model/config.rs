@@ -124,7 +124,15 @@ impl ModelConfig {
                 raw.architectures
             )
         })?;
-        let rope_scaling = match raw.rope_scaling {
+        // transformers ≥ 5 writes `rope_parameters` (theta and scaling together); older
+        // configs have `rope_theta` and `rope_scaling`.
+        let rope_theta = raw
+            .rope_parameters
+            .as_ref()
+            .and_then(|p| p.rope_theta)
+            .or(raw.rope_theta)
+            .unwrap_or(10_000.0);
+        let rope_scaling = match raw.rope_parameters.or(raw.rope_scaling) {
             None => None,
             Some(s) => {
                 let kind = s.rope_type.or(s.kind).unwrap_or_default();
@@ -156,7 +164,7 @@ impl ModelConfig {
             head_dim: raw
                 .head_dim
                 .unwrap_or(if num_heads == 0 { 0 } else { raw.hidden_size / num_heads }),
-            rope_theta: raw.rope_theta.unwrap_or(10_000.0),
+            rope_theta,
             rope_scaling,
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
@@ -183,6 +191,7 @@ struct HfConfig {
     head_dim: Option<usize>,
     rope_theta: Option<f32>,
     rope_scaling: Option<HfRopeScaling>,
+    rope_parameters: Option<HfRopeScaling>,
     rms_norm_eps: Option<f64>,
     tie_word_embeddings: Option<bool>,
     attention_bias: Option<bool>,
@@ -191,6 +200,7 @@ struct HfConfig {
 
 #[derive(Deserialize)]
 struct HfRopeScaling {
+    rope_theta: Option<f32>,
     rope_type: Option<String>,
     #[serde(rename = "type")]
     kind: Option<String>,
@@ -198,4 +208,36 @@ struct HfRopeScaling {
     low_freq_factor: Option<f32>,
     high_freq_factor: Option<f32>,
     original_max_position_embeddings: Option<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#""model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+        "num_hidden_layers": 1, "num_attention_heads": 2"#;
+
+    #[test]
+    fn reads_rope_parameters_of_transformers_5() {
+        let c = ModelConfig::from_hf_json(&format!(
+            r#"{{ {BASE}, "rope_parameters": {{"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0,
+              "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 32}} }}"#
+        ))
+        .unwrap();
+        assert_eq!(c.rope_theta, 500000.0);
+        assert!(matches!(c.rope_scaling, Some(RopeScaling::Llama3(s)) if s.original_max_position_embeddings == 32));
+    }
+
+    #[test]
+    fn reads_legacy_rope_fields() {
+        let c = ModelConfig::from_hf_json(&format!(r#"{{ {BASE}, "rope_theta": 1e6, "rope_scaling": null }}"#)).unwrap();
+        assert_eq!((c.rope_theta, c.rope_scaling, c.num_kv_heads, c.head_dim), (1e6, None, 2, 4));
+    }
+
+    #[test]
+    fn rejects_unknown_rope_type() {
+        let err = ModelConfig::from_hf_json(&format!(r#"{{ {BASE}, "rope_scaling": {{"rope_type": "yarn", "factor": 4.0}} }}"#))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("yarn"));
+    }
 }
