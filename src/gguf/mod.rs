@@ -5,6 +5,7 @@
 //! concerns, because a bad model file is usually found by a user, far from this code.
 
 pub mod dequant;
+pub mod writer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
