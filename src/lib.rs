@@ -9,5 +9,6 @@ pub mod generate;
 pub mod gguf;
 pub mod loader;
 pub mod model;
+pub mod persona;
 pub mod source;
 pub mod tokenizer;

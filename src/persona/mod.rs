@@ -1,0 +1,4 @@
+//! Persona vectors (Chen et al. 2025): trait definitions and what is built from them.
+
+pub mod artifacts;
+pub mod cvec;
