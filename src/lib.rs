@@ -4,6 +4,7 @@
 //! `source` resolves model sources to files on disk, `model` is the transformer (it knows nothing
 //! about files), `loader` maps checkpoints onto it, `generate` decodes with a KV cache.
 
+pub mod cli;
 pub mod device;
 pub mod generate;
 pub mod gguf;
@@ -11,4 +12,6 @@ pub mod loader;
 pub mod model;
 pub mod persona;
 pub mod source;
+pub mod steering;
+pub mod tensor_file;
 pub mod tokenizer;
