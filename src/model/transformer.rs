@@ -217,7 +217,13 @@ impl CausalLm {
         };
         let logits = x.map(|x| match &self.lm_head {
             Some(head) => head.forward(x),
-            None => x.matmul(self.model.embed_tokens.weight.val().transpose().unsqueeze()),
+            None => {
+                // Tied head: `E · xᵀ` keeps the large embedding matrix contiguous (`x · Eᵀ` would
+                // copy all of it on every call) and transposes only the small result.
+                let [b, t, h] = x.dims();
+                let logits = self.model.embed_tokens.weight.val().matmul(x.reshape([b * t, h]).transpose());
+                logits.transpose().reshape([b, t, self.config.vocab_size])
+            }
         });
         ForwardOutput { logits, hidden_states }
     }
@@ -250,19 +256,26 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
-        let data = self.params.get(name, &shape)?;
+    fn data(&self, name: &str, shape: &[usize]) -> Result<TensorData> {
+        let data = self.params.get(name, shape)?;
         let found = data.shape().to_vec();
         anyhow::ensure!(
             found == shape,
             "tensor {name}: shape {found:?} does not match the expected {shape:?}"
         );
-        Ok(Tensor::<D>::from_data(data, self.device).cast(self.dtype))
+        Ok(data)
     }
 
-    /// burn's `Linear` stores `[in, out]`; checkpoints store `[out, in]`.
+    fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
+        Ok(Tensor::<D>::from_data(self.data(name, &shape)?, self.device).cast(self.dtype))
+    }
+
+    /// burn's `Linear` stores `[in, out]`; checkpoints store `[out, in]`. The transpose is done on
+    /// the host so the weight is contiguous: a transposed view is re-copied by every matmul.
     fn linear(&self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
-        let weight = self.tensor::<2>(&format!("{name}.weight"), [d_out, d_in])?.transpose();
+        let rows: Vec<f32> = self.data(&format!("{name}.weight"), &[d_out, d_in])?.convert::<f32>().try_into_vec()?;
+        let weight = Tensor::<2>::from_data(TensorData::new(transpose(&rows, d_out, d_in), [d_in, d_out]), self.device)
+            .cast(self.dtype);
         let bias = if bias {
             Some(Param::from_tensor(self.tensor::<1>(&format!("{name}.bias"), [d_out])?))
         } else {
@@ -277,4 +290,14 @@ impl Builder<'_> {
             .with_context(|| format!("loading norm {name}"))?;
         Ok(RmsNorm { gamma: Param::from_tensor(gamma), epsilon: c.rms_norm_eps })
     }
+}
+
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
 }
