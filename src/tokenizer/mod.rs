@@ -84,6 +84,9 @@ pub struct EncodedChat {
     pub ids: Vec<u32>,
     /// Index in `ids` of the first token of the final assistant message, when the chat ends with one.
     pub response_start: Option<usize>,
+    /// One past the last token overlapping that message's content (the end-of-turn tokens the
+    /// template appends after it are not part of the response).
+    pub response_end: Option<usize>,
 }
 
 /// The special tokens of a tokenizer, by content and id.
@@ -355,31 +358,32 @@ impl Tokenizer {
             .inner
             .encode(text.as_str(), false)
             .map_err(|e| anyhow!("{}: encoding the rendered chat failed: {e}", self.origin))?;
-        let response_start = match messages.split_last() {
+        let (response_start, response_end) = match messages.split_last() {
             Some((last, history)) if last.role == "assistant" => {
-                let start = self.content_start(&text, history, &last.content)?;
+                let (start, len) = self.content_span(&text, history, &last.content)?;
                 let offsets = encoding.get_offsets();
-                Some(
-                    offsets
-                        .iter()
-                        .position(|&(_, end)| end > start)
-                        .unwrap_or(offsets.len()),
-                )
+                let first = offsets.iter().position(|&(_, end)| end > start).unwrap_or(offsets.len());
+                let end = offsets[first..]
+                    .iter()
+                    .position(|&(begin, _)| begin >= start + len)
+                    .map_or(offsets.len(), |i| first + i);
+                (Some(first), Some(end))
             }
-            _ => None,
+            _ => (None, None),
         };
         Ok(EncodedChat {
             ids: encoding.get_ids().to_vec(),
             response_start,
+            response_end,
         })
     }
 
-    /// Byte offset in `text` (the whole rendered chat) where the final message's `content` begins.
+    /// Byte offset and length in `text` (the whole rendered chat) of the final message's `content`.
     ///
     /// The content is searched for after the rendered history with a generation prompt, when the chat
     /// starts with that; otherwise its last occurrence is taken. Templates that trim the content are
     /// matched on the trimmed text.
-    fn content_start(&self, text: &str, history: &[ChatMessage], content: &str) -> Result<usize> {
+    fn content_span(&self, text: &str, history: &[ChatMessage], content: &str) -> Result<(usize, usize)> {
         let after = match self.apply_chat_template(history, true) {
             Ok(prompt) if text.starts_with(&prompt) => Some(prompt.len()),
             _ => None,
@@ -388,7 +392,11 @@ impl Tokenizer {
             Some(from) => text[from..].find(needle).map(|i| from + i),
             None => text.rfind(needle),
         };
-        find(content).or_else(|| find(content.trim())).ok_or_else(|| {
+        let trimmed = content.trim();
+        find(content)
+            .map(|at| (at, content.len()))
+            .or_else(|| find(trimmed).map(|at| (at, trimmed.len())))
+            .ok_or_else(|| {
             anyhow!(
                 "{}: the chat template does not reproduce the final assistant message's content, so its tokens cannot be located",
                 self.origin
