@@ -1,0 +1,128 @@
+//! Persona-vector files: safetensors with one `[layers + 1, hidden]` f32 tensor per averaging
+//! kind, plus metadata recording how they were made.
+//!
+//! Vectors are raw differences of means (not normalized); row `l` is hidden-state index `l`
+//! (0 = embedding output, N = output of block N-1, the last taken after the final norm).
+
+use crate::tensor_file::{self, Values};
+use anyhow::{bail, ensure, Context, Result};
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// How activations were averaged before differencing.
+pub const KINDS: [&str; 3] = ["response_avg", "prompt_avg", "prompt_last"];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PersonaVector {
+    /// Kind → `[layers + 1][hidden]`.
+    pub vectors: BTreeMap<String, Vec<Vec<f32>>>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl PersonaVector {
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read persona vector {}", path.display()))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+        let (_, meta) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: invalid safetensors header: {e}", path.display()))?;
+        let mut vectors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            ensure!(
+                view.dtype() == Dtype::F32 && view.shape().len() == 2,
+                "{}: tensor {name} must be f32 [layers+1, hidden], found {:?} {:?}",
+                path.display(),
+                view.dtype(),
+                view.shape()
+            );
+            let hidden = view.shape()[1];
+            ensure!(hidden > 0, "{}: tensor {name} has hidden size 0", path.display());
+            let flat: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            vectors.insert(name, flat.chunks(hidden).map(<[f32]>::to_vec).collect());
+        }
+        ensure!(!vectors.is_empty(), "{}: contains no vectors", path.display());
+        let metadata = meta.metadata().clone().unwrap_or_default().into_iter().collect();
+        Ok(Self { vectors, metadata })
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let flat: Vec<(String, Vec<f32>, Vec<usize>)> = self
+            .vectors
+            .iter()
+            .map(|(k, rows)| (k.clone(), rows.concat(), vec![rows.len(), rows.first().map_or(0, Vec::len)]))
+            .collect();
+        let tensors: Vec<(&str, Values, Vec<usize>)> =
+            flat.iter().map(|(k, v, s)| (k.as_str(), Values::F32(v), s.clone())).collect();
+        let metadata: HashMap<String, String> = self.metadata.clone().into_iter().collect();
+        tensor_file::write(path, &tensors, Some(metadata))
+    }
+
+    /// The vector of one kind, checked against the model it will be used with.
+    pub fn get(&self, kind: &str, num_layers: usize, hidden: usize) -> Result<&[Vec<f32>]> {
+        let Some(rows) = self.vectors.get(kind) else {
+            bail!("no {kind} vector (has: {})", self.vectors.keys().cloned().collect::<Vec<_>>().join(", "));
+        };
+        ensure!(
+            rows.len() == num_layers + 1 && rows.iter().all(|r| r.len() == hidden),
+            "{kind} vector has shape [{}, {}], the model needs [{}, {hidden}] (layers + 1, hidden)",
+            rows.len(),
+            rows.first().map_or(0, Vec::len),
+            num_layers + 1
+        );
+        Ok(rows)
+    }
+}
+
+/// Scalar projection of `h` on the direction of `v`: `h · v / |v|`.
+pub fn project(h: &[f32], v: &[f32]) -> f32 {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm == 0.0 {
+        return 0.0;
+    }
+    h.iter().zip(v).map(|(a, b)| a * b).sum::<f32>() / norm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> PersonaVector {
+        PersonaVector {
+            vectors: BTreeMap::from([("response_avg".to_owned(), vec![vec![1.0, 2.0], vec![3.0, -4.0], vec![0.5, 0.25]])]),
+            metadata: BTreeMap::from([("trait".to_owned(), "evil".to_owned())]),
+        }
+    }
+
+    #[test]
+    fn save_load_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.safetensors");
+        sample().save(&path).unwrap();
+        assert_eq!(PersonaVector::load(&path).unwrap(), sample());
+    }
+
+    #[test]
+    fn wrong_size_for_the_model_is_an_error() {
+        let v = sample();
+        assert!(v.get("response_avg", 2, 2).is_ok());
+        let err = v.get("response_avg", 3, 2).unwrap_err().to_string();
+        assert!(err.contains("[3, 2]") && err.contains("[4, 2]"), "{err}");
+        assert!(v.get("response_avg", 2, 5).is_err());
+        assert!(v.get("prompt_last", 2, 2).unwrap_err().to_string().contains("response_avg"));
+    }
+
+    #[test]
+    fn projection_divides_by_the_norm() {
+        assert_eq!(project(&[3.0, 4.0], &[0.0, 2.0]), 4.0);
+        assert_eq!(project(&[1.0, 1.0], &[0.0, 0.0]), 0.0);
+    }
+
+    #[test]
+    fn not_a_vector_file_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.safetensors");
+        std::fs::write(&path, b"garbage").unwrap();
+        assert!(PersonaVector::load(&path).unwrap_err().to_string().contains("bad.safetensors"));
+    }
+}
