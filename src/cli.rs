@@ -4,6 +4,8 @@ use crate::generate::{generate, Sampling};
 use crate::loader::{self, LoadedModel};
 use crate::model::{ForwardInput, LogitsFor};
 use crate::source::{self, DEFAULT_MODEL};
+use crate::persona::vector::PersonaVector;
+use crate::steering::{SteerLayers, Steering};
 use crate::tokenizer::ChatMessage;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -22,6 +24,10 @@ enum Command {
     Generate(GenerateArgs),
     /// Runs raw text through a model and writes input ids, logits and all hidden states.
     Forward(ForwardArgs),
+    /// Writes a persona vector as a llama.cpp control vector (GGUF).
+    ExportCvec(ExportCvecArgs),
+    /// Reads a llama.cpp control vector into a persona-vector file.
+    ImportCvec(ImportCvecArgs),
 }
 
 #[derive(Args)]
@@ -64,6 +70,107 @@ struct GenerateArgs {
     top_p: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    #[command(flatten)]
+    steer: SteerArgs,
+}
+
+/// Inference-time steering with a persona vector.
+#[derive(Args)]
+struct SteerArgs {
+    /// Persona-vector file (.safetensors) or llama.cpp control vector (.gguf).
+    #[arg(long)]
+    steer: Option<PathBuf>,
+    /// Hidden-state index to steer (1..=layers): adds coef * v[L] to the output of block L-1.
+    /// Defaults to the vector's `recommended_layer` metadata (written by `sweep`).
+    #[arg(long)]
+    layer: Option<usize>,
+    #[arg(long, default_value_t = 0.0)]
+    coef: f32,
+    #[arg(long, default_value = "response")]
+    positions: crate::steering::Positions,
+    /// Add the layer-incremental vectors coef * (v[l] - v[l-1]) at every block instead.
+    #[arg(long)]
+    all_layers: bool,
+    /// Which averaging of the persona vector to use.
+    #[arg(long, default_value = "response_avg")]
+    vector_kind: String,
+}
+
+impl SteerArgs {
+    fn build(&self, config: &crate::model::ModelConfig) -> Result<Option<Steering>> {
+        let Some(path) = &self.steer else {
+            anyhow::ensure!(self.layer.is_none() && !self.all_layers, "--layer/--all-layers need --steer FILE");
+            return Ok(None);
+        };
+        let (rows, recommended) = read_vector(path, &self.vector_kind, config)?;
+        let layers = if self.all_layers {
+            SteerLayers::All
+        } else {
+            let layer = self.layer.or(recommended).with_context(|| {
+                format!("{}: no recommended_layer in the vector's metadata; pass --layer L (or --all-layers)", path.display())
+            })?;
+            SteerLayers::Single(layer)
+        };
+        let steering = Steering::new(&rows, layers, self.coef, self.positions, config.num_layers, config.hidden_size)
+            .with_context(|| format!("steering with {}", path.display()))?;
+        Ok(Some(steering))
+    }
+}
+
+/// A persona vector from its own file format or from a llama.cpp control vector, padded to the
+/// model's depth, with the recommended layer when the file records one.
+fn read_vector(path: &std::path::Path, kind: &str, config: &crate::model::ModelConfig) -> Result<(Vec<Vec<f32>>, Option<usize>)> {
+    if path.extension().is_some_and(|e| e == "gguf") {
+        let mut rows = crate::persona::cvec::import(path)?.vectors;
+        anyhow::ensure!(
+            rows.len() <= config.num_layers + 1,
+            "{}: control vector addresses {} blocks, the model has {}",
+            path.display(),
+            rows.len() - 1,
+            config.num_layers
+        );
+        let hidden = rows[0].len();
+        rows.resize(config.num_layers + 1, vec![0.0; hidden]);
+        return Ok((rows, None));
+    }
+    let v = PersonaVector::load(path)?;
+    let rows = v
+        .get(kind, config.num_layers, config.hidden_size)
+        .with_context(|| format!("{}: vector does not fit this model", path.display()))?
+        .to_vec();
+    let recommended = match v.metadata.get("recommended_layer") {
+        Some(l) => Some(l.parse().with_context(|| format!("{}: metadata recommended_layer {l:?} is not a layer index", path.display()))?),
+        None => None,
+    };
+    Ok((rows, recommended))
+}
+
+#[derive(Args)]
+struct ExportCvecArgs {
+    /// Persona-vector file.
+    #[arg(long)]
+    vector: PathBuf,
+    #[arg(long, default_value = "response_avg")]
+    vector_kind: String,
+    /// Scale baked into the directions (llama.cpp scales again with --control-vector-scaled).
+    #[arg(long, default_value_t = 1.0)]
+    coef: f32,
+    /// `controlvector.model_hint`: the model's architecture.
+    #[arg(long, default_value = "llama")]
+    model_hint: String,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct ImportCvecArgs {
+    #[arg(long)]
+    cvec: PathBuf,
+    /// Pad to this many blocks (the model's depth); defaults to the highest block the file steers.
+    #[arg(long)]
+    layers: Option<usize>,
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -81,6 +188,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(a) => run_generate(a),
         Command::Forward(a) => run_forward(a),
+        Command::ExportCvec(a) => run_export_cvec(a),
+        Command::ImportCvec(a) => run_import_cvec(a),
     }
 }
 
@@ -94,7 +203,8 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let prompt = m.tokenizer.encode_chat(&messages, true)?.ids;
     let sampling = Sampling { max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_p: a.top_p, seed: a.seed };
     let pad = m.tokenizer.pad_id().or(m.tokenizer.eos_id()).unwrap_or(0);
-    let reply = generate(&m.model, &[prompt], m.tokenizer.stop_ids(), pad, &sampling, None)?;
+    let steering = a.steer.build(m.model.config())?;
+    let reply = generate(&m.model, &[prompt], m.tokenizer.stop_ids(), pad, &sampling, steering.as_ref())?;
     println!("{}", m.tokenizer.decode(&reply[0], true)?);
     Ok(())
 }
@@ -123,4 +233,39 @@ fn run_forward(a: ForwardArgs) -> Result<()> {
         ],
         None,
     )
+}
+
+fn run_export_cvec(a: ExportCvecArgs) -> Result<()> {
+    let v = PersonaVector::load(&a.vector)?;
+    let rows = v
+        .vectors
+        .get(&a.vector_kind)
+        .with_context(|| format!("{}: no {} vector", a.vector.display(), a.vector_kind))?;
+    crate::persona::cvec::export(rows, a.coef, &a.model_hint, &a.out)?;
+    eprintln!("wrote {} ({} directions)", a.out.display(), rows.len().saturating_sub(2));
+    Ok(())
+}
+
+fn run_import_cvec(a: ImportCvecArgs) -> Result<()> {
+    let imported = crate::persona::cvec::import(&a.cvec)?;
+    let mut rows = imported.vectors;
+    if let Some(layers) = a.layers {
+        anyhow::ensure!(
+            layers + 1 >= rows.len(),
+            "{}: steers block {}, beyond --layers {layers}",
+            a.cvec.display(),
+            rows.len() - 2
+        );
+        let hidden = rows[0].len();
+        rows.resize(layers + 1, vec![0.0; hidden]);
+    }
+    let metadata = [
+        ("source".to_owned(), format!("llama.cpp control vector {}", a.cvec.display())),
+        ("model_hint".to_owned(), imported.model_hint),
+    ];
+    PersonaVector {
+        vectors: [("response_avg".to_owned(), rows)].into_iter().collect(),
+        metadata: metadata.into_iter().collect(),
+    }
+    .save(&a.out)
 }
