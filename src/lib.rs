@@ -8,6 +8,7 @@ pub mod cli;
 pub mod device;
 pub mod generate;
 pub mod gguf;
+pub mod judge;
 pub mod loader;
 pub mod model;
 pub mod persona;
