@@ -4,6 +4,9 @@ use crate::generate::{generate, Sampling};
 use crate::loader::{self, LoadedModel};
 use crate::model::{ForwardInput, LogitsFor};
 use crate::source::{self, DEFAULT_MODEL};
+use crate::judge::{JudgeConfig, JudgeKind};
+use crate::persona::artifacts::{generate_artifacts, TraitArtifacts};
+use crate::persona::extract::{extract, ExtractConfig};
 use crate::persona::vector::PersonaVector;
 use crate::steering::{SteerLayers, Steering};
 use crate::tokenizer::ChatMessage;
@@ -28,6 +31,89 @@ enum Command {
     ExportCvec(ExportCvecArgs),
     /// Reads a llama.cpp control vector into a persona-vector file.
     ImportCvec(ImportCvecArgs),
+    /// Extracts a trait's persona vector (difference of mean activations, every layer).
+    Extract(ExtractArgs),
+    /// Generates a new trait's artifacts through an OpenAI-compatible chat API.
+    Artifacts(ArtifactsArgs),
+}
+
+/// The judge that scores answers (0–100 for a rubric).
+#[derive(Args)]
+struct JudgeArgs {
+    /// `local` (a model run by this engine; weak at 135M) or `openai` (any OpenAI-compatible
+    /// endpoint that returns logprobs).
+    #[arg(long, default_value = "local")]
+    judge: String,
+    /// openai: model name; local: model source (default: the default model).
+    #[arg(long)]
+    judge_model: Option<String>,
+    /// openai: API base URL (default https://api.openai.com/v1).
+    #[arg(long)]
+    judge_base_url: Option<String>,
+    /// openai: environment variable holding the API key (default OPENAI_API_KEY).
+    #[arg(long)]
+    judge_api_key_env: Option<String>,
+}
+
+impl JudgeArgs {
+    fn config(&self) -> Result<JudgeConfig> {
+        let kind = match self.judge.as_str() {
+            "local" => JudgeKind::Local,
+            "openai" => JudgeKind::OpenAi,
+            other => anyhow::bail!("unknown --judge {other:?} (expected local or openai)"),
+        };
+        Ok(JudgeConfig {
+            kind,
+            model: self.judge_model.clone(),
+            base_url: self.judge_base_url.clone(),
+            api_key_env: self.judge_api_key_env.clone(),
+            ..JudgeConfig::default()
+        })
+    }
+}
+
+#[derive(Args)]
+struct ExtractArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Trait artifact file (datasets/traits/NAME.json).
+    #[arg(long = "trait")]
+    trait_file: PathBuf,
+    #[command(flatten)]
+    judge: JudgeArgs,
+    #[arg(long, default_value_t = ExtractConfig::default().rollouts)]
+    rollouts: usize,
+    #[arg(long, default_value_t = ExtractConfig::default().max_new_tokens)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = ExtractConfig::default().seed)]
+    seed: u64,
+    #[arg(long, default_value_t = ExtractConfig::default().batch_size)]
+    batch_size: usize,
+    /// Positive answers need a trait score ≥ this, negative ones < this.
+    #[arg(long, default_value_t = ExtractConfig::default().trait_threshold)]
+    trait_threshold: f32,
+    /// Both answers of a pair need coherence ≥ this.
+    #[arg(long, default_value_t = ExtractConfig::default().coherence_threshold)]
+    coherence_threshold: f32,
+    /// Keep every pair whatever the judge says.
+    #[arg(long)]
+    no_filter: bool,
+    /// Output vector file; rollouts go beside it as NAME.rollouts.jsonl.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct ArtifactsArgs {
+    #[arg(long = "trait")]
+    trait_name: String,
+    #[arg(long)]
+    description: String,
+    /// Must be an OpenAI-compatible chat endpoint (`--judge openai`).
+    #[command(flatten)]
+    judge: JudgeArgs,
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -190,6 +276,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Forward(a) => run_forward(a),
         Command::ExportCvec(a) => run_export_cvec(a),
         Command::ImportCvec(a) => run_import_cvec(a),
+        Command::Extract(a) => run_extract(a),
+        Command::Artifacts(a) => run_artifacts(a),
     }
 }
 
@@ -268,4 +356,37 @@ fn run_import_cvec(a: ImportCvecArgs) -> Result<()> {
         metadata: metadata.into_iter().collect(),
     }
     .save(&a.out)
+}
+
+fn run_extract(a: ExtractArgs) -> Result<()> {
+    let artifacts = TraitArtifacts::load(&a.trait_file)?;
+    let m = a.model.load()?;
+    let judge = a.judge.config()?.build(&m.model.device())?;
+    let cfg = ExtractConfig {
+        rollouts: a.rollouts,
+        max_new_tokens: a.max_new_tokens,
+        seed: a.seed,
+        batch_size: a.batch_size,
+        trait_threshold: a.trait_threshold,
+        coherence_threshold: a.coherence_threshold,
+        no_filter: a.no_filter,
+        ..ExtractConfig::default()
+    };
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let summary = extract(&m, &a.model.model, &artifacts, judge.as_ref(), &cfg, &a.out)?;
+    eprintln!("wrote {} ({} pairs kept, {} dropped)", a.out.display(), summary.kept, summary.dropped);
+    Ok(())
+}
+
+fn run_artifacts(a: ArtifactsArgs) -> Result<()> {
+    let config = a.judge.config()?;
+    anyhow::ensure!(config.kind == JudgeKind::OpenAi, "artifacts needs a chat API: pass --judge openai");
+    let client = config.openai_client()?;
+    let chat = |prompt: &str| client.chat(&[ChatMessage { role: "user".into(), content: prompt.to_owned() }], 4096, 0.7);
+    let artifacts = generate_artifacts(&a.trait_name, &a.description, &chat)?;
+    artifacts.save(&a.out)?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
 }

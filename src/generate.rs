@@ -24,10 +24,8 @@ impl Default for Sampling {
 }
 
 /// Generates a continuation for every prompt (token ids, chat template already applied) and
-/// returns the new tokens of each, without the stop token.
-///
-/// Rows are seeded independently (`seed + row`), so a prompt's sample does not depend on the
-/// other prompts in its batch. `steering` adds to the residual stream at the positions it names.
+/// returns the new tokens of each, without the stop token. Row `r` samples with seed
+/// `sampling.seed + r`. `steering` adds to the residual stream at the positions it names.
 pub fn generate(
     model: &CausalLm,
     prompts: &[Vec<u32>],
@@ -36,6 +34,22 @@ pub fn generate(
     sampling: &Sampling,
     steering: Option<&Steering>,
 ) -> Result<Vec<Vec<u32>>> {
+    let seeds: Vec<u64> = (0..prompts.len() as u64).map(|r| sampling.seed.wrapping_add(r)).collect();
+    generate_seeded(model, prompts, &seeds, stop_ids, pad_id, sampling, steering)
+}
+
+/// As [`generate`], with one seed per row, so a prompt's sample depends only on its own seed and
+/// not on which other prompts share its batch (`sampling.seed` is ignored).
+pub fn generate_seeded(
+    model: &CausalLm,
+    prompts: &[Vec<u32>],
+    seeds: &[u64],
+    stop_ids: &[u32],
+    pad_id: u32,
+    sampling: &Sampling,
+    steering: Option<&Steering>,
+) -> Result<Vec<Vec<u32>>> {
+    anyhow::ensure!(seeds.len() == prompts.len(), "{} seeds for {} prompts", seeds.len(), prompts.len());
     anyhow::ensure!(prompts.iter().all(|p| !p.is_empty()), "cannot generate from an empty prompt");
     let device = model.device();
     let b = prompts.len();
@@ -68,7 +82,7 @@ pub fn generate(
     });
     let decode_steer = steering.filter(|s| s.positions != Positions::Prompt).map(|s| s.intervention(&device, None));
     let mut cache = KvCache::new(model.config().num_layers);
-    let mut rngs: Vec<StdRng> = (0..b).map(|r| StdRng::seed_from_u64(sampling.seed.wrapping_add(r as u64))).collect();
+    let mut rngs: Vec<StdRng> = seeds.iter().map(|&s| StdRng::seed_from_u64(s)).collect();
     let mut out = vec![Vec::new(); b];
     let mut done = vec![false; b];
     let vocab = model.config().vocab_size;

@@ -121,22 +121,26 @@ impl JudgeConfig {
     }
 
     fn build_openai(&self) -> Result<openai::OpenAiJudge> {
+        let concurrency = self.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+        ensure!(concurrency > 0, "judge: concurrency must be at least 1");
+        Ok(openai::OpenAiJudge::new(self.openai_client()?, concurrency))
+    }
+
+    /// The chat client of an `openai` judge, also what generates trait artifacts.
+    pub fn openai_client(&self) -> Result<openai::OpenAiClient> {
         let api_key = match &self.api_key_env {
             Some(var) => Some(std::env::var(var).with_context(|| {
                 format!("judge: reading the API key from `${var}` (api_key_env)")
             })?),
             None => std::env::var(DEFAULT_API_KEY_ENV).ok(),
         };
-        let concurrency = self.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
-        ensure!(concurrency > 0, "judge: concurrency must be at least 1");
-        let client = openai::OpenAiClient::new(
+        Ok(openai::OpenAiClient::new(
             self.base_url.as_deref().unwrap_or(openai::DEFAULT_BASE_URL),
             self.model.as_deref().unwrap_or(openai::DEFAULT_MODEL),
             api_key,
             Duration::from_secs(self.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS)),
             self.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
-        );
-        Ok(openai::OpenAiJudge::new(client, concurrency))
+        ))
     }
 }
 
