@@ -2,9 +2,13 @@
 """PyTorch / transformers CPU baseline for BENCHMARKS.md: SmolLM2-135M-Instruct (Q4_1 GGUF,
 dequantized to float32 by transformers), CPU, torch threads = all cores.
 
-    python bench/bench_transformers.py [--smollm2 PATH.gguf|PATH.whl] [--runs 3]
+    python bench/bench_transformers.py [--smollm2 PATH.gguf|PATH.whl] [--runs 3] [--threads N]
 
-Measures (median of --runs timed runs after one warmup run each):
+Run it on an otherwise idle machine: it prints the 1-minute load average before and after the timed
+part, and with 2 cores shared with e.g. a cargo build the numbers (decode above all: torch's
+OpenMP workers wait on each other every op) come out several times too slow.
+
+Measures (median, and best, of --runs timed runs after one warmup run each):
   * prefill tokens/s: one full forward (logits for every position, no KV cache), batch 1 x 128
     tokens and batch 8 x 128 tokens, under torch.inference_mode();
   * greedy decode tokens/s: batch 1, 128-token prompt, 64 new tokens with the KV cache
@@ -47,14 +51,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # ru_maxrss is KiB on Linux
 
 
-def timed(fn, runs: int) -> float:
+def timed(fn, runs: int) -> tuple[float, float]:
+    """(median, best) wall time of `runs` runs after one warmup run."""
     fn()  # warmup
     times = []
     for _ in range(runs):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(times), min(times)
 
 
 def main() -> None:
@@ -63,6 +68,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
     args = ap.parse_args()
 
     import torch
@@ -70,7 +76,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     threads = os.cpu_count() or 1
-    torch.set_num_threads(threads)
+    torch.set_num_threads(args.threads)
     gguf = make_golden.smollm2_path(args)
     t = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -94,8 +100,8 @@ def main() -> None:
             with torch.inference_mode():
                 model(input_ids=x, use_cache=False)
 
-        s = timed(prefill, args.runs)
-        rows.append((f"prefill b{batch} x {P}", s, batch * P / s))
+        med, best = timed(prefill, args.runs)
+        rows.append((f"prefill b{batch} x {P}", med, batch * P / med, batch * P / best))
 
     x = ids(1)
     mask = torch.ones_like(x)
@@ -112,10 +118,9 @@ def main() -> None:
 
         return run
 
-    t1 = timed(gen(1), args.runs)
-    tn = timed(gen(N), args.runs)
-    decode = (N - 1) / (tn - t1)
-    rows.append((f"greedy decode b1 ({P} prompt, {N} new)", tn, decode))
+    t1, t1_best = timed(gen(1), args.runs)
+    tn, tn_best = timed(gen(N), args.runs)
+    rows.append((f"greedy decode b1 ({P} prompt, {N} new)", tn, (N - 1) / (tn - t1), (N - 1) / (tn_best - t1_best)))
 
     print("## transformers baseline: SmolLM2-135M-Instruct (Q4_1 GGUF -> f32), CPU")
     print()
@@ -127,10 +132,10 @@ def main() -> None:
     print(f"- median of {args.runs} runs after 1 warmup; decode rate excludes prefill + first token "
           f"(({N}-1) / (t_gen{N} - t_gen1)), t_gen1 = {t1:.3f} s")
     print()
-    print("| measurement | median time (s) | tokens/s |")
-    print("|---|---:|---:|")
-    for name, s, tps in rows:
-        print(f"| {name} | {s:.3f} | {tps:.1f} |")
+    print("| measurement | median time (s) | tokens/s (median) | tokens/s (best run) |")
+    print("|---|---:|---:|---:|")
+    for name, s, tps, tps_best in rows:
+        print(f"| {name} | {s:.3f} | {tps:.1f} | {tps_best:.1f} |")
     print()
     print(f"- peak RSS (whole run): {peak_rss_mb():.0f} MB")
 
