@@ -138,3 +138,33 @@ fn kv_cache_equals_full_forward() {
     let err = rel_err(&got, &full);
     assert!(err < 1e-5, "cached vs full rel err {err}");
 }
+
+/// Extraction's activation averages and difference of means equal transformers' on the same
+/// token sequences (`tests/fixtures/golden_extraction.py`).
+#[test]
+fn extraction_averages_and_vectors_match_transformers() {
+    use persona_train::persona::extract::{activation_averages, mean_difference};
+    let model = load_hf_model(&fixture("tiny-llama"), &Device::flex(), DType::F32).unwrap();
+    let g = read_golden(&fixture("extraction/golden.safetensors"));
+    let mut acts = std::collections::HashMap::new();
+    for pol in ["pos", "neg"] {
+        let mut list = Vec::new();
+        for i in 0..3 {
+            let ids: Vec<u32> = g.i64(&format!("{pol}{i}.ids")).1.iter().map(|&x| x as u32).collect();
+            let span = &g.i64(&format!("{pol}{i}.span")).1;
+            let a = activation_averages(&model, &ids, span[0] as usize..span[1] as usize).unwrap();
+            for (kind, rows) in &a {
+                let err = rel_err(&rows.concat(), &g.f32(&format!("{pol}{i}.{kind}")).1);
+                assert!(err < TOL, "{pol}{i} {kind}: rel err {err}");
+            }
+            list.push(a);
+        }
+        acts.insert(pol, list);
+    }
+    let vectors = mean_difference(&acts["pos"], &acts["neg"]);
+    assert_eq!(vectors.len(), 3);
+    for (kind, rows) in vectors {
+        let err = rel_err(&rows.concat(), &g.f32(&format!("vector.{kind}")).1);
+        assert!(err < TOL, "vector {kind}: rel err {err}");
+    }
+}

@@ -9,13 +9,15 @@ use crate::judge::{rubric, Judge};
 use crate::loader::LoadedModel;
 use crate::model::{ForwardInput, LogitsFor};
 use crate::persona::artifacts::{Polarity, SystemPromptTemplate, TraitArtifacts};
-use crate::persona::vector::PersonaVector;
+use crate::model::CausalLm;
+use crate::persona::vector::{PersonaVector, KINDS};
 use crate::tokenizer::ChatMessage;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// Everything `persona-train extract` can be told. Defaults are the `Default` impl.
@@ -201,32 +203,21 @@ pub fn extract(
     );
 
     let bar = progress(kept.len() * 2, "activations");
-    let mut sums: BTreeMap<(&str, &str), Vec<Vec<f64>>> = BTreeMap::new();
+    let (mut pos_acts, mut neg_acts) = (Vec::new(), Vec::new());
     for (pos, neg) in &kept {
-        for r in [pos, neg] {
-            for (kind, rows) in averages(m, r)? {
-                let acc = sums.entry((r.polarity.as_str(), kind)).or_insert_with(|| {
-                    vec![vec![0.0; rows[0].len()]; rows.len()]
-                });
-                for (a, row) in acc.iter_mut().zip(&rows) {
-                    a.iter_mut().zip(row).for_each(|(a, x)| *a += *x as f64);
-                }
-            }
+        for (r, acts) in [(pos, &mut pos_acts), (neg, &mut neg_acts)] {
+            let enc = m.tokenizer.encode_chat(&chat(r, Some(&r.answer)), false)?;
+            let start = enc.response_start.context("rendered chat has no assistant span")?;
+            let end = enc.response_end.unwrap_or(enc.ids.len());
+            acts.push(
+                activation_averages(&m.model, &enc.ids, start..end)
+                    .with_context(|| format!("question {}, instruction {}", r.question, r.instruction))?,
+            );
             bar.inc(1);
         }
     }
     bar.finish();
-    let n = kept.len() as f64;
-    let mut vectors = BTreeMap::new();
-    for kind in crate::persona::vector::KINDS {
-        let (p, q) = (&sums[&("pos", kind)], &sums[&("neg", kind)]);
-        let diff = p
-            .iter()
-            .zip(q)
-            .map(|(a, b)| a.iter().zip(b).map(|(x, y)| ((x - y) / n) as f32).collect())
-            .collect();
-        vectors.insert(kind.to_owned(), diff);
-    }
+    let vectors = mean_difference(&pos_acts, &neg_acts);
     let metadata = BTreeMap::from([
         ("trait".to_owned(), artifacts.trait_name.clone()),
         ("model_source".to_owned(), model_source.to_owned()),
@@ -276,26 +267,58 @@ fn chat(r: &Rollout, answer: Option<&str>) -> Vec<ChatMessage> {
     messages
 }
 
-/// Response-average, prompt-average and last-prompt-token hidden states at every layer.
-fn averages(m: &LoadedModel, r: &Rollout) -> Result<Vec<(&'static str, Vec<Vec<f32>>)>> {
-    let enc = m.tokenizer.encode_chat(&chat(r, Some(&r.answer)), false)?;
-    let start = enc.response_start.context("rendered chat has no assistant span")?;
-    let end = enc.response_end.unwrap_or(enc.ids.len());
-    anyhow::ensure!(start > 0 && end > start, "empty prompt or response for question {}", r.question);
-    let out = m.model.forward(&ForwardInput::dense(&[enc.ids.clone()], 0, &m.model.device()), None, None, LogitsFor::None, true);
-    let mut kinds: Vec<(&'static str, Vec<Vec<f32>>)> =
-        vec![("response_avg", vec![]), ("prompt_avg", vec![]), ("prompt_last", vec![])];
+/// Hidden states at every layer averaged three ways: over the response tokens, over the prompt
+/// tokens, and the last prompt token alone. `ids` is one rendered chat, `response` its span.
+pub fn activation_averages(model: &CausalLm, ids: &[u32], response: Range<usize>) -> Result<Activations> {
+    let (start, end) = (response.start, response.end);
+    anyhow::ensure!(start > 0 && end > start && end <= ids.len(), "empty prompt or response (span {start}..{end} of {})", ids.len());
+    let out = model.forward(&ForwardInput::dense(&[ids.to_vec()], 0, &model.device()), None, None, LogitsFor::None, true);
+    let mut acts: Activations = KINDS.iter().map(|&k| (k, Vec::new())).collect();
     for h in out.hidden_states {
         let [_, t, d] = h.dims();
         let h = h.reshape([t, d]);
-        let mean = |a: usize, b: usize| -> Result<Vec<f32>> {
-            Ok(h.clone().slice([a..b]).mean_dim(0).into_data().convert::<f32>().try_into_vec()?)
+        let mean = |range: Range<usize>| -> Result<Vec<f32>> {
+            Ok(h.clone().slice([range]).mean_dim(0).into_data().convert::<f32>().try_into_vec()?)
         };
-        kinds[0].1.push(mean(start, end)?);
-        kinds[1].1.push(mean(0, start)?);
-        kinds[2].1.push(mean(start - 1, start)?);
+        for (kind, rows) in acts.iter_mut() {
+            rows.push(match *kind {
+                "response_avg" => mean(start..end)?,
+                "prompt_avg" => mean(0..start)?,
+                _ => mean(start - 1..start)?,
+            });
+        }
     }
-    Ok(kinds)
+    Ok(acts)
+}
+
+/// Per kind, `[layers + 1][hidden]`.
+pub type Activations = BTreeMap<&'static str, Vec<Vec<f32>>>;
+
+/// The persona vector: mean of the positive activations minus mean of the negative ones, raw
+/// (not normalized), accumulated in f64.
+pub fn mean_difference(pos: &[Activations], neg: &[Activations]) -> BTreeMap<String, Vec<Vec<f32>>> {
+    let mean = |acts: &[Activations], kind: &str| -> Vec<Vec<f64>> {
+        let mut sum: Vec<Vec<f64>> = Vec::new();
+        for a in acts {
+            let rows = &a[kind];
+            if sum.is_empty() {
+                sum = rows.iter().map(|r| vec![0.0; r.len()]).collect();
+            }
+            for (s, r) in sum.iter_mut().zip(rows) {
+                s.iter_mut().zip(r).for_each(|(s, &x)| *s += x as f64);
+            }
+        }
+        let n = acts.len().max(1) as f64;
+        sum.into_iter().map(|r| r.into_iter().map(|x| x / n).collect()).collect()
+    };
+    KINDS
+        .iter()
+        .map(|&kind| {
+            let (p, q) = (mean(pos, kind), mean(neg, kind));
+            let diff = p.iter().zip(&q).map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y) as f32).collect()).collect();
+            (kind.to_owned(), diff)
+        })
+        .collect()
 }
 
 /// Rollouts already written. A crash can tear the last line; it is dropped (and the file
