@@ -7,6 +7,7 @@ use crate::source::{self, DEFAULT_MODEL};
 use crate::judge::{JudgeConfig, JudgeKind};
 use crate::persona::artifacts::{generate_artifacts, TraitArtifacts};
 use crate::persona::extract::{extract, ExtractConfig};
+use crate::persona::sweep::{parse_layers, sweep, SweepConfig};
 use crate::persona::vector::PersonaVector;
 use crate::steering::{SteerLayers, Steering};
 use crate::tokenizer::ChatMessage;
@@ -35,6 +36,9 @@ enum Command {
     Extract(ExtractArgs),
     /// Generates a new trait's artifacts through an OpenAI-compatible chat API.
     Artifacts(ArtifactsArgs),
+    /// Steers at one layer at a time, judges the answers to the evaluation questions and
+    /// recommends a layer.
+    Sweep(SweepArgs),
 }
 
 /// The judge that scores answers (0–100 for a rubric).
@@ -101,6 +105,51 @@ struct ExtractArgs {
     /// Output vector file; rollouts go beside it as NAME.rollouts.jsonl.
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Trait artifact file (datasets/traits/NAME.json).
+    #[arg(long = "trait")]
+    trait_file: PathBuf,
+    /// Persona-vector file (.safetensors) or llama.cpp control vector (.gguf).
+    #[arg(long)]
+    vector: PathBuf,
+    #[arg(long, default_value = "response_avg")]
+    vector_kind: String,
+    /// Steering coefficient, the same at every layer.
+    #[arg(long, allow_negative_numbers = true)]
+    coef: f32,
+    /// Hidden-state indices to steer: `4,8,12`, `1..30` (both ends included) or a mix.
+    /// Default: every second layer from 2 to layers-1.
+    #[arg(long)]
+    layers: Option<String>,
+    /// Ask the first N evaluation questions.
+    #[arg(long, default_value_t = SweepConfig::default().questions)]
+    questions: usize,
+    #[arg(long, default_value_t = SweepConfig::default().rollouts)]
+    rollouts: usize,
+    #[arg(long, default_value_t = SweepConfig::default().max_new_tokens)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = SweepConfig::default().seed)]
+    seed: u64,
+    #[arg(long, default_value_t = SweepConfig::default().temperature)]
+    temperature: f32,
+    #[arg(long, default_value_t = SweepConfig::default().batch_size)]
+    batch_size: usize,
+    /// Only layers whose mean coherence reaches this are recommended (unless none does).
+    #[arg(long, default_value_t = SweepConfig::default().min_coherence)]
+    min_coherence: f32,
+    #[command(flatten)]
+    judge: JudgeArgs,
+    /// Where sweep.json and sweep.png go; default beside the vector, in NAME.sweep/.
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+    /// Store the recommended layer and this coefficient in the vector file's metadata.
+    #[arg(long)]
+    write_recommendation: bool,
 }
 
 #[derive(Args)]
@@ -278,6 +327,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::ImportCvec(a) => run_import_cvec(a),
         Command::Extract(a) => run_extract(a),
         Command::Artifacts(a) => run_artifacts(a),
+        Command::Sweep(a) => run_sweep(a),
     }
 }
 
@@ -388,5 +438,45 @@ fn run_artifacts(a: ArtifactsArgs) -> Result<()> {
     let artifacts = generate_artifacts(&a.trait_name, &a.description, &chat)?;
     artifacts.save(&a.out)?;
     eprintln!("wrote {}", a.out.display());
+    Ok(())
+}
+
+fn run_sweep(a: SweepArgs) -> Result<()> {
+    anyhow::ensure!(
+        !(a.write_recommendation && a.vector.extension().is_some_and(|e| e == "gguf")),
+        "{}: --write-recommendation needs a persona-vector file (.safetensors); control vectors carry no metadata",
+        a.vector.display()
+    );
+    let artifacts = TraitArtifacts::load(&a.trait_file)?;
+    let m = a.model.load()?;
+    let (rows, _) = read_vector(&a.vector, &a.vector_kind, m.model.config())?;
+    let layers = a.layers.as_deref().map(parse_layers).transpose()?;
+    let cfg = SweepConfig {
+        layers,
+        coef: a.coef,
+        questions: a.questions,
+        rollouts: a.rollouts,
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        seed: a.seed,
+        batch_size: a.batch_size,
+        min_coherence: a.min_coherence,
+        ..SweepConfig::default()
+    };
+    let judge = a.judge.config()?.build(&m.model.device())?;
+    let report = sweep(&m, &artifacts, &rows, judge.as_ref(), &cfg)?;
+
+    let dir = a.out_dir.unwrap_or_else(|| a.vector.with_extension("sweep"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let json = dir.join("sweep.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&report)?).with_context(|| format!("cannot write {}", json.display()))?;
+    let png = dir.join("sweep.png");
+    report.plot(&png)?;
+    print!("{}", report.table());
+    eprintln!("wrote {} and {}", json.display(), png.display());
+    if a.write_recommendation {
+        report.write_recommendation(&a.vector)?;
+        eprintln!("wrote the recommendation to {}", a.vector.display());
+    }
     Ok(())
 }

@@ -12,6 +12,7 @@ pub mod judge;
 pub mod loader;
 pub mod model;
 pub mod persona;
+pub mod plot;
 pub mod source;
 pub mod steering;
 pub mod tensor_file;

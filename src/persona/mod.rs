@@ -4,3 +4,4 @@ pub mod artifacts;
 pub mod cvec;
 pub mod vector;
 pub mod extract;
+pub mod sweep;

@@ -1,0 +1,146 @@
+//! Line charts as PNG files, for reports (layer sweeps, training curves).
+//!
+//! Text is drawn with DejaVu Sans compiled into the binary, so charts render the same on any
+//! machine without system fonts or fontconfig.
+
+use anyhow::{anyhow, ensure, Result};
+use plotters::element::DashedPathElement;
+use plotters::prelude::*;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Once;
+
+/// One line on a chart.
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+    /// Index into the palette (Tableau 10), so that a reference line can share its series' colour.
+    pub color: usize,
+    /// Drawn dashed and without markers: reference lines such as a baseline.
+    pub dashed: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct LineChart {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    /// Fixed y range (e.g. 0–100 for judge scores); fitted to the data when `None`.
+    pub y_range: Option<Range<f64>>,
+    pub series: Vec<Series>,
+}
+
+const SIZE: (u32, u32) = (960, 600);
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+/// Series with more points than this are drawn without markers, which would only clutter them.
+const MAX_MARKED_POINTS: usize = 40;
+
+impl LineChart {
+    pub fn save_png(&self, path: &Path) -> Result<()> {
+        register_font();
+        let points = || self.series.iter().flat_map(|s| &s.points);
+        ensure!(points().next().is_some(), "{}: a chart needs at least one point", path.display());
+        let x = padded(points().map(|p| p.0), 0.02);
+        let y = self.y_range.clone().unwrap_or_else(|| padded(points().map(|p| p.1), 0.05));
+        let err = |e: &dyn std::fmt::Display| anyhow!("cannot draw {}: {e}", path.display());
+
+        let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(&self.title, ("sans-serif", 24))
+            .margin(16)
+            .x_label_area_size(48)
+            .y_label_area_size(64)
+            .build_cartesian_2d(x, y)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc(&self.x_label)
+            .y_desc(&self.y_label)
+            .x_label_formatter(&|v| tick(*v))
+            .y_label_formatter(&|v| tick(*v))
+            .label_style(("sans-serif", 15))
+            .draw()
+            .map_err(|e| err(&e))?;
+        // A series without points would only add a legend entry for a line that is not there.
+        for s in self.series.iter().filter(|s| !s.points.is_empty()) {
+            let style = PALETTE[s.color % PALETTE.len()].stroke_width(2);
+            let drawn = if s.dashed {
+                chart.draw_series(DashedLineSeries::new(s.points.iter().copied(), 8, 6, style))
+            } else {
+                chart.draw_series(LineSeries::new(s.points.iter().copied(), style).point_size(if s.points.len() <= MAX_MARKED_POINTS { 4 } else { 0 }))
+            };
+            let dashed = s.dashed;
+            drawn.map_err(|e| err(&e))?.label(&s.label).legend(move |(x, y)| {
+                let ends = vec![(x, y), (x + 24, y)];
+                if dashed {
+                    DashedPathElement::new(ends, 6, 4, style).into_dyn()
+                } else {
+                    PathElement::new(ends, style).into_dyn()
+                }
+            });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 15))
+            .draw()
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))
+    }
+}
+
+fn register_font() {
+    static FONT: Once = Once::new();
+    FONT.call_once(|| {
+        let ok = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular()).is_ok();
+        assert!(ok, "the embedded DejaVu Sans does not parse");
+    });
+}
+
+/// The values' range widened by `share` of its width on each side (by 1 when all are equal), so
+/// that points on the edge stay visible.
+fn padded(values: impl Iterator<Item = f64>, share: f64) -> Range<f64> {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let pad = if hi > lo { (hi - lo) * share } else { 1.0 };
+    lo - pad..hi + pad
+}
+
+/// Tick labels without float noise: `4` rather than `4.000000000000001`.
+fn tick(v: f64) -> String {
+    let s = format!("{v:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_drop_float_noise() {
+        assert_eq!(tick(4.000000000000001), "4");
+        assert_eq!(tick(2.5), "2.5");
+        assert_eq!(tick(-0.25), "-0.25");
+        assert_eq!(tick(100.0), "100");
+    }
+
+    #[test]
+    fn a_single_value_still_gets_a_range() {
+        assert_eq!(padded([3.0].into_iter(), 0.1), 2.0..4.0);
+        assert_eq!(padded([0.0, 10.0].into_iter(), 0.1), -1.0..11.0);
+    }
+}
