@@ -167,6 +167,21 @@ fn with_no_coherent_layer_the_highest_trait_is_flagged() {
     assert_eq!(recommend(&[], 50.0), None);
 }
 
+#[test]
+fn the_table_says_whether_steering_cost_the_coherence() {
+    let report = |baseline_coherence| SweepReport {
+        trait_name: "evil".into(),
+        judge: "scripted".into(),
+        config: SweepConfig { layers: Some(vec![2, 4]), ..SweepConfig::default() },
+        baseline: row(None, Some(10.0), Some(baseline_coherence)),
+        layers: vec![row(Some(2), Some(40.0), Some(10.0)), row(Some(4), Some(70.0), Some(30.0))],
+        recommendation: Some(Recommendation { layer: 4, coherent: false }),
+    };
+    let table = report(80.0).table();
+    assert!(table.contains("recommended: layer 4, but no layer kept") && table.contains("smaller --coef"), "{table}");
+    assert!(report(30.0).table().contains("unsteered answers fall short too"));
+}
+
 fn run(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_persona-train")).args(args).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())

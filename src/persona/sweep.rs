@@ -353,11 +353,19 @@ impl SweepReport {
             Some(r) if r.coherent => {
                 format!("recommended: layer {} (highest mean trait score with mean coherence ≥ {min})\n", r.layer)
             }
-            Some(r) => format!(
-                "recommended: layer {}, but no layer kept mean coherence ≥ {min}: it only has the highest \
-                 trait score; try a smaller --coef\n",
-                r.layer
-            ),
+            Some(r) => {
+                // Only when the unsteered answers clear the bar is steering to blame.
+                let hint = if self.baseline.mean_coherence.is_some_and(|c| c >= min) {
+                    "try a smaller --coef"
+                } else {
+                    "the unsteered answers fall short too: the judge or the model is too weak to tell"
+                };
+                format!(
+                    "recommended: layer {}, but no layer kept mean coherence ≥ {min}: it only has the \
+                     highest trait score; {hint}\n",
+                    r.layer
+                )
+            }
             None => "no recommendation: the judge scored no steered answer\n".to_owned(),
         };
         out
