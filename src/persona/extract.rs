@@ -7,9 +7,9 @@
 use crate::generate::{generate_seeded, Sampling};
 use crate::judge::{rubric, Judge};
 use crate::loader::LoadedModel;
+use crate::model::CausalLm;
 use crate::model::{ForwardInput, LogitsFor};
 use crate::persona::artifacts::{Polarity, SystemPromptTemplate, TraitArtifacts};
-use crate::model::CausalLm;
 use crate::persona::vector::{PersonaVector, KINDS};
 use crate::tokenizer::ChatMessage;
 use anyhow::{Context, Result};
@@ -73,7 +73,12 @@ pub struct Rollout {
 
 impl Rollout {
     fn key(&self) -> (usize, usize, usize, String) {
-        (self.question, self.instruction, self.rollout, self.polarity.clone())
+        (
+            self.question,
+            self.instruction,
+            self.rollout,
+            self.polarity.clone(),
+        )
     }
 }
 
@@ -109,7 +114,11 @@ pub fn extract(
         .map(|r| (r.key(), r))
         .collect();
     if !done.is_empty() {
-        eprintln!("resuming: {} rollouts already in {}", done.len(), rollouts_file.display());
+        eprintln!(
+            "resuming: {} rollouts already in {}",
+            done.len(),
+            rollouts_file.display()
+        );
     }
 
     let mut todo = Vec::new();
@@ -136,7 +145,7 @@ pub fn extract(
         }
     }
 
-    let bar = progress(todo.len(), "generating + judging");
+    let bar = progress(todo.len() as u64, "generating + judging");
     let mut writer = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -156,14 +165,26 @@ pub fn extract(
         // Seeded by the rollout's key, so a resumed run samples what an uninterrupted one would.
         let seeds: Vec<u64> = chunk.iter().map(|r| rollout_seed(cfg.seed, r)).collect();
         let pad = m.tokenizer.pad_id().or(m.tokenizer.eos_id()).unwrap_or(0);
-        let answers = generate_seeded(&m.model, &prompts, &seeds, m.tokenizer.stop_ids(), pad, &sampling, None)?;
+        let answers = generate_seeded(
+            &m.model,
+            &prompts,
+            &seeds,
+            m.tokenizer.stop_ids(),
+            pad,
+            &sampling,
+            None,
+        )?;
         for (r, ids) in chunk.iter_mut().zip(answers) {
             r.answer = m.tokenizer.decode(&ids, true)?;
         }
-        let trait_prompts: Vec<String> =
-            chunk.iter().map(|r| rubric::fill(&artifacts.eval_prompt, &r.prompt, &r.answer)).collect();
-        let coherence_prompts: Vec<String> =
-            chunk.iter().map(|r| rubric::fill(rubric::COHERENCE, &r.prompt, &r.answer)).collect();
+        let trait_prompts: Vec<String> = chunk
+            .iter()
+            .map(|r| rubric::fill(&artifacts.eval_prompt, &r.prompt, &r.answer))
+            .collect();
+        let coherence_prompts: Vec<String> = chunk
+            .iter()
+            .map(|r| rubric::fill(rubric::COHERENCE, &r.prompt, &r.answer))
+            .collect();
         let traits = judge.score(&trait_prompts)?;
         let coherence = judge.score(&coherence_prompts)?;
         for ((r, t), c) in chunk.iter_mut().zip(traits).zip(coherence) {
@@ -202,16 +223,19 @@ pub fn extract(
         c = cfg.coherence_threshold,
     );
 
-    let bar = progress(kept.len() * 2, "activations");
+    let bar = progress(kept.len() as u64 * 2, "activations");
     let (mut pos_acts, mut neg_acts) = (Vec::new(), Vec::new());
     for (pos, neg) in &kept {
         for (r, acts) in [(pos, &mut pos_acts), (neg, &mut neg_acts)] {
             let enc = m.tokenizer.encode_chat(&chat(r, Some(&r.answer)), false)?;
-            let start = enc.response_start.context("rendered chat has no assistant span")?;
+            let start = enc
+                .response_start
+                .context("rendered chat has no assistant span")?;
             let end = enc.response_end.unwrap_or(enc.ids.len());
             acts.push(
-                activation_averages(&m.model, &enc.ids, start..end)
-                    .with_context(|| format!("question {}, instruction {}", r.question, r.instruction))?,
+                activation_averages(&m.model, &enc.ids, start..end).with_context(|| {
+                    format!("question {}, instruction {}", r.question, r.instruction)
+                })?,
             );
             bar.inc(1);
         }
@@ -237,14 +261,24 @@ pub fn extract(
         ("seed".to_owned(), cfg.seed.to_string()),
     ]);
     PersonaVector { vectors, metadata }.save(out)?;
-    Ok(ExtractSummary { kept: kept.len(), dropped })
+    Ok(ExtractSummary {
+        kept: kept.len(),
+        dropped,
+    })
 }
 
 fn rollout_seed(base: u64, r: &Rollout) -> u64 {
     let pol = (r.polarity == "pos") as u64;
-    [r.question as u64, r.instruction as u64, r.rollout as u64, pol]
-        .iter()
-        .fold(base, |h, &x| (h ^ x).wrapping_mul(0x100000001b3).rotate_left(17))
+    [
+        r.question as u64,
+        r.instruction as u64,
+        r.rollout as u64,
+        pol,
+    ]
+    .iter()
+    .fold(base, |h, &x| {
+        (h ^ x).wrapping_mul(0x100000001b3).rotate_left(17)
+    })
 }
 
 fn keep_pair(pos: &Rollout, neg: &Rollout, cfg: &ExtractConfig) -> bool {
@@ -258,27 +292,55 @@ fn keep_pair(pos: &Rollout, neg: &Rollout, cfg: &ExtractConfig) -> bool {
 
 fn chat(r: &Rollout, answer: Option<&str>) -> Vec<ChatMessage> {
     let mut messages = vec![
-        ChatMessage { role: "system".into(), content: r.system.clone() },
-        ChatMessage { role: "user".into(), content: r.prompt.clone() },
+        ChatMessage {
+            role: "system".into(),
+            content: r.system.clone(),
+        },
+        ChatMessage {
+            role: "user".into(),
+            content: r.prompt.clone(),
+        },
     ];
     if let Some(a) = answer {
-        messages.push(ChatMessage { role: "assistant".into(), content: a.to_owned() });
+        messages.push(ChatMessage {
+            role: "assistant".into(),
+            content: a.to_owned(),
+        });
     }
     messages
 }
 
 /// Hidden states at every layer averaged three ways: over the response tokens, over the prompt
 /// tokens, and the last prompt token alone. `ids` is one rendered chat, `response` its span.
-pub fn activation_averages(model: &CausalLm, ids: &[u32], response: Range<usize>) -> Result<Activations> {
+pub fn activation_averages(
+    model: &CausalLm,
+    ids: &[u32],
+    response: Range<usize>,
+) -> Result<Activations> {
     let (start, end) = (response.start, response.end);
-    anyhow::ensure!(start > 0 && end > start && end <= ids.len(), "empty prompt or response (span {start}..{end} of {})", ids.len());
-    let out = model.forward(&ForwardInput::dense(&[ids.to_vec()], 0, &model.device()), None, None, LogitsFor::None, true);
+    anyhow::ensure!(
+        start > 0 && end > start && end <= ids.len(),
+        "empty prompt or response (span {start}..{end} of {})",
+        ids.len()
+    );
+    let out = model.forward(
+        &ForwardInput::dense(&[ids.to_vec()], 0, &model.device()),
+        None,
+        None,
+        LogitsFor::None,
+        true,
+    );
     let mut acts: Activations = KINDS.iter().map(|&k| (k, Vec::new())).collect();
     for h in out.hidden_states {
         let [_, t, d] = h.dims();
         let h = h.reshape([t, d]);
         let mean = |range: Range<usize>| -> Result<Vec<f32>> {
-            Ok(h.clone().slice([range]).mean_dim(0).into_data().convert::<f32>().try_into_vec()?)
+            Ok(h.clone()
+                .slice([range])
+                .mean_dim(0)
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec()?)
         };
         for (kind, rows) in acts.iter_mut() {
             rows.push(match *kind {
@@ -296,7 +358,10 @@ pub type Activations = BTreeMap<&'static str, Vec<Vec<f32>>>;
 
 /// The persona vector: mean of the positive activations minus mean of the negative ones, raw
 /// (not normalized), accumulated in f64.
-pub fn mean_difference(pos: &[Activations], neg: &[Activations]) -> BTreeMap<String, Vec<Vec<f32>>> {
+pub fn mean_difference(
+    pos: &[Activations],
+    neg: &[Activations],
+) -> BTreeMap<String, Vec<Vec<f32>>> {
     let mean = |acts: &[Activations], kind: &str| -> Vec<Vec<f64>> {
         let mut sum: Vec<Vec<f64>> = Vec::new();
         for a in acts {
@@ -309,13 +374,19 @@ pub fn mean_difference(pos: &[Activations], neg: &[Activations]) -> BTreeMap<Str
             }
         }
         let n = acts.len().max(1) as f64;
-        sum.into_iter().map(|r| r.into_iter().map(|x| x / n).collect()).collect()
+        sum.into_iter()
+            .map(|r| r.into_iter().map(|x| x / n).collect())
+            .collect()
     };
     KINDS
         .iter()
         .map(|&kind| {
             let (p, q) = (mean(pos, kind), mean(neg, kind));
-            let diff = p.iter().zip(&q).map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y) as f32).collect()).collect();
+            let diff = p
+                .iter()
+                .zip(&q)
+                .map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y) as f32).collect())
+                .collect();
             (kind.to_owned(), diff)
         })
         .collect()
@@ -333,13 +404,22 @@ fn read_rollouts(path: &Path) -> Result<Vec<Rollout>> {
         match serde_json::from_str(line) {
             Ok(r) => rollouts.push(r),
             Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {
-                eprintln!("{}: dropping a torn last line from an interrupted run", path.display());
+                eprintln!(
+                    "{}: dropping a torn last line from an interrupted run",
+                    path.display()
+                );
                 let kept: String = lines[..i].iter().map(|l| format!("{l}\n")).collect();
                 let tmp = path.with_extension("jsonl.tmp");
-                std::fs::write(&tmp, kept).with_context(|| format!("cannot write {}", tmp.display()))?;
-                std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+                std::fs::write(&tmp, kept)
+                    .with_context(|| format!("cannot write {}", tmp.display()))?;
+                std::fs::rename(&tmp, path)
+                    .with_context(|| format!("cannot replace {}", path.display()))?;
             }
-            Err(e) => anyhow::bail!("{}: line {}: not a rollout record: {e}", path.display(), i + 1),
+            Err(e) => anyhow::bail!(
+                "{}: line {}: not a rollout record: {e}",
+                path.display(),
+                i + 1
+            ),
         }
     }
     Ok(rollouts)
@@ -355,7 +435,10 @@ fn model_sha256(files: &crate::source::ModelFiles) -> Result<String> {
             let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
                 .with_context(|| format!("cannot list {}", dir.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.file_name().is_some_and(|n| n == "config.json") || p.extension().is_some_and(|e| e == "safetensors"))
+                .filter(|p| {
+                    p.file_name().is_some_and(|n| n == "config.json")
+                        || p.extension().is_some_and(|e| e == "safetensors")
+                })
                 .collect();
             paths.sort();
             paths
@@ -363,17 +446,22 @@ fn model_sha256(files: &crate::source::ModelFiles) -> Result<String> {
     };
     let mut hasher = sha2::Sha256::new();
     for path in paths {
-        let mut file = std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        std::io::copy(&mut file, &mut hasher).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut file = std::fs::File::open(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        std::io::copy(&mut file, &mut hasher)
+            .with_context(|| format!("cannot read {}", path.display()))?;
     }
     Ok(format!("{:x}", hasher.finalize()))
 }
 
-fn progress(n: usize, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(n as u64);
+/// The progress bar of the persona commands' long loops (generation, judging, activations).
+pub(crate) fn progress(n: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(n);
     bar.set_style(
-        ProgressStyle::with_template("{msg:>22} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{msg:>22} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(what.to_owned());
     bar

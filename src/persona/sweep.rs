@@ -9,13 +9,13 @@ use crate::generate::{generate_seeded, Sampling};
 use crate::judge::{rubric, Judge};
 use crate::loader::LoadedModel;
 use crate::persona::artifacts::TraitArtifacts;
-use crate::persona::extract::activation_averages;
+use crate::persona::extract::{activation_averages, progress};
 use crate::persona::vector::{project, PersonaVector};
 use crate::plot::{LineChart, Series};
 use crate::steering::{Positions, SteerLayers, Steering};
 use crate::tokenizer::ChatMessage;
 use anyhow::{ensure, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -65,7 +65,9 @@ pub fn default_layers(num_layers: usize) -> Vec<usize> {
 /// `4,8,12`, `1..30` (both ends included) or a mix of the two, sorted and deduplicated.
 pub fn parse_layers(spec: &str) -> Result<Vec<usize>> {
     let index = |s: &str| {
-        s.trim().parse::<usize>().with_context(|| format!("layers {spec:?}: {:?} is not a layer index", s.trim()))
+        s.trim()
+            .parse::<usize>()
+            .with_context(|| format!("layers {spec:?}: {:?} is not a layer index", s.trim()))
     };
     let mut layers = Vec::new();
     for part in spec.split(',') {
@@ -146,8 +148,16 @@ pub fn recommend(rows: &[SweepRow], min_coherence: f32) -> Option<Recommendation
             .map(|(layer, ..)| layer)
     };
     best(true)
-        .map(|layer| Recommendation { layer, coherent: true })
-        .or_else(|| best(false).map(|layer| Recommendation { layer, coherent: false }))
+        .map(|layer| Recommendation {
+            layer,
+            coherent: true,
+        })
+        .or_else(|| {
+            best(false).map(|layer| Recommendation {
+                layer,
+                coherent: false,
+            })
+        })
 }
 
 /// One (question, rollout) to answer, the same at every layer.
@@ -169,7 +179,10 @@ pub fn sweep(
     cfg: &SweepConfig,
 ) -> Result<SweepReport> {
     let (num_layers, hidden) = (m.model.config().num_layers, m.model.config().hidden_size);
-    let layers = cfg.layers.clone().unwrap_or_else(|| default_layers(num_layers));
+    let layers = cfg
+        .layers
+        .clone()
+        .unwrap_or_else(|| default_layers(num_layers));
     ensure!(!layers.is_empty(), "no layers to sweep");
     if let Some(&l) = layers.iter().find(|&&l| !(1..=num_layers).contains(&l)) {
         anyhow::bail!(
@@ -177,12 +190,28 @@ pub fn sweep(
              (0 is the embedding output)"
         );
     }
-    ensure!(cfg.questions > 0 && cfg.rollouts > 0, "need at least one question and one rollout");
-    ensure!(!artifacts.eval_questions.is_empty(), "trait {} has no evaluation questions", artifacts.trait_name);
+    ensure!(
+        cfg.questions > 0 && cfg.rollouts > 0,
+        "need at least one question and one rollout"
+    );
+    ensure!(
+        !artifacts.eval_questions.is_empty(),
+        "trait {} has no evaluation questions",
+        artifacts.trait_name
+    );
     // Built before anything runs, so a vector that does not fit fails at once.
     let steerings = layers
         .iter()
-        .map(|&l| Steering::new(vector, SteerLayers::Single(l), cfg.coef, Positions::Response, num_layers, hidden))
+        .map(|&l| {
+            Steering::new(
+                vector,
+                SteerLayers::Single(l),
+                cfg.coef,
+                Positions::Response,
+                num_layers,
+                hidden,
+            )
+        })
         .collect::<Result<Vec<_>>>()?;
 
     let questions = &artifacts.eval_questions[..cfg.questions.min(artifacts.eval_questions.len())];
@@ -190,10 +219,17 @@ pub fn sweep(
     for (question, text) in questions.iter().enumerate() {
         let prompt = m.tokenizer.encode_chat(&chat(text, None), true)?.ids;
         for rollout in 0..cfg.rollouts {
-            slots.push(Slot { question, rollout, seed: answer_seed(cfg.seed, question, rollout), prompt: prompt.clone() });
+            slots.push(Slot {
+                question,
+                rollout,
+                seed: answer_seed(cfg.seed, question, rollout),
+                prompt: prompt.clone(),
+            });
         }
     }
-    let runs: Vec<Option<&Steering>> = std::iter::once(None).chain(steerings.iter().map(Some)).collect();
+    let runs: Vec<Option<&Steering>> = std::iter::once(None)
+        .chain(steerings.iter().map(Some))
+        .collect();
     let total = (slots.len() * runs.len()) as u64;
 
     let bar = progress(total, "generating");
@@ -239,7 +275,10 @@ pub fn sweep(
     Ok(SweepReport {
         trait_name: artifacts.trait_name.clone(),
         judge: judge.describe(),
-        config: SweepConfig { layers: Some(layers), ..cfg.clone() },
+        config: SweepConfig {
+            layers: Some(layers),
+            ..cfg.clone()
+        },
         recommendation: recommend(&layer_rows, cfg.min_coherence),
         baseline,
         layers: layer_rows,
@@ -255,13 +294,26 @@ fn answer(
     cfg: &SweepConfig,
     bar: &ProgressBar,
 ) -> Result<Vec<SweepAnswer>> {
-    let sampling = Sampling { max_new_tokens: cfg.max_new_tokens, temperature: cfg.temperature, top_p: cfg.top_p, seed: cfg.seed };
+    let sampling = Sampling {
+        max_new_tokens: cfg.max_new_tokens,
+        temperature: cfg.temperature,
+        top_p: cfg.top_p,
+        seed: cfg.seed,
+    };
     let pad = m.tokenizer.pad_id().or(m.tokenizer.eos_id()).unwrap_or(0);
     let mut answers = Vec::with_capacity(slots.len());
     for chunk in slots.chunks(cfg.batch_size.max(1)) {
         let prompts: Vec<Vec<u32>> = chunk.iter().map(|s| s.prompt.clone()).collect();
         let seeds: Vec<u64> = chunk.iter().map(|s| s.seed).collect();
-        let ids = generate_seeded(&m.model, &prompts, &seeds, m.tokenizer.stop_ids(), pad, &sampling, steering)?;
+        let ids = generate_seeded(
+            &m.model,
+            &prompts,
+            &seeds,
+            m.tokenizer.stop_ids(),
+            pad,
+            &sampling,
+            steering,
+        )?;
         for (s, ids) in chunk.iter().zip(ids) {
             answers.push(SweepAnswer {
                 question: s.question,
@@ -281,7 +333,10 @@ fn answer(
 
 fn score(judge: &dyn Judge, trait_rubric: &str, answers: &mut [SweepAnswer]) -> Result<()> {
     let fill = |template: &str| -> Vec<String> {
-        answers.iter().map(|a| rubric::fill(template, &a.prompt, &a.answer)).collect()
+        answers
+            .iter()
+            .map(|a| rubric::fill(template, &a.prompt, &a.answer))
+            .collect()
     };
     let (trait_prompts, coherence_prompts) = (fill(trait_rubric), fill(rubric::COHERENCE));
     let traits = judge.score(&trait_prompts)?;
@@ -303,8 +358,12 @@ fn score(judge: &dyn Judge, trait_rubric: &str, answers: &mut [SweepAnswer]) -> 
 /// The answer's response-average hidden state at every layer, as extraction measures it: an
 /// unsteered forward pass of prompt + answer. `None` when the answer has no tokens.
 fn response_average(m: &LoadedModel, a: &SweepAnswer) -> Result<Option<Vec<Vec<f32>>>> {
-    let enc = m.tokenizer.encode_chat(&chat(&a.prompt, Some(&a.answer)), false)?;
-    let start = enc.response_start.context("rendered chat has no assistant span")?;
+    let enc = m
+        .tokenizer
+        .encode_chat(&chat(&a.prompt, Some(&a.answer)), false)?;
+    let start = enc
+        .response_start
+        .context("rendered chat has no assistant span")?;
     let end = enc.response_end.unwrap_or(enc.ids.len());
     if end <= start {
         return Ok(None);
@@ -313,11 +372,24 @@ fn response_average(m: &LoadedModel, a: &SweepAnswer) -> Result<Option<Vec<Vec<f
     Ok(acts.remove("response_avg"))
 }
 
-fn row(layer: Option<usize>, answers: Vec<SweepAnswer>, baseline_projection: Option<f32>) -> SweepRow {
+fn row(
+    layer: Option<usize>,
+    answers: Vec<SweepAnswer>,
+    baseline_projection: Option<f32>,
+) -> SweepRow {
     let (mean_trait, trait_unscored) = mean(answers.iter().map(|a| a.trait_score));
     let (mean_coherence, coherence_unscored) = mean(answers.iter().map(|a| a.coherence));
     let (mean_projection, _) = mean(answers.iter().map(|a| a.projection));
-    SweepRow { layer, mean_trait, trait_unscored, mean_coherence, coherence_unscored, mean_projection, baseline_projection, answers }
+    SweepRow {
+        layer,
+        mean_trait,
+        trait_unscored,
+        mean_coherence,
+        coherence_unscored,
+        mean_projection,
+        baseline_projection,
+        answers,
+    }
 }
 
 /// The mean of the present values, and how many were absent.
@@ -335,9 +407,23 @@ fn mean(values: impl Iterator<Item = Option<f32>>) -> (Option<f32>, usize) {
 impl SweepReport {
     /// The per-layer table and the recommendation, as printed by `persona-train sweep`.
     pub fn table(&self) -> String {
-        let cell = |v: Option<f32>, decimals: usize| v.map_or("-".to_owned(), |v| format!("{v:.decimals$}"));
-        let line = |c: [&str; 6]| format!("{:>8} {:>7} {:>9} {:>10} {:>11} {:>11}\n", c[0], c[1], c[2], c[3], c[4], c[5]);
-        let mut out = line(["layer", "trait", "no score", "coherence", "projection", "unsteered"]);
+        let cell = |v: Option<f32>, decimals: usize| {
+            v.map_or("-".to_owned(), |v| format!("{v:.decimals$}"))
+        };
+        let line = |c: [&str; 6]| {
+            format!(
+                "{:>8} {:>7} {:>9} {:>10} {:>11} {:>11}\n",
+                c[0], c[1], c[2], c[3], c[4], c[5]
+            )
+        };
+        let mut out = line([
+            "layer",
+            "trait",
+            "no score",
+            "coherence",
+            "projection",
+            "unsteered",
+        ]);
         for r in std::iter::once(&self.baseline).chain(&self.layers) {
             out += &line([
                 &r.layer.map_or("baseline".to_owned(), |l| l.to_string()),
@@ -374,15 +460,36 @@ impl SweepReport {
     /// Trait score and coherence against the steered layer, the baseline's as dashed lines.
     pub fn plot(&self, path: &Path) -> Result<()> {
         let layer_line = |score: fn(&SweepRow) -> Option<f32>| -> Vec<(f64, f64)> {
-            self.layers.iter().filter_map(|r| Some((r.layer? as f64, f64::from(score(r)?)))).collect()
+            self.layers
+                .iter()
+                .filter_map(|r| Some((r.layer? as f64, f64::from(score(r)?))))
+                .collect()
         };
         let xs = self.layers.iter().filter_map(|r| r.layer).map(|l| l as f64);
-        let (lo, hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(x), hi.max(x)));
-        let flat = |y: Option<f32>| y.map_or(vec![], |y| vec![(lo, f64::from(y)), (hi, f64::from(y))]);
+        let (lo, hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+            (lo.min(x), hi.max(x))
+        });
+        let flat =
+            |y: Option<f32>| y.map_or(vec![], |y| vec![(lo, f64::from(y)), (hi, f64::from(y))]);
         let series = vec![
-            Series { label: "trait".into(), points: layer_line(|r| r.mean_trait), color: 0, dashed: false },
-            Series { label: "coherence".into(), points: layer_line(|r| r.mean_coherence), color: 1, dashed: false },
-            Series { label: "trait, unsteered".into(), points: flat(self.baseline.mean_trait), color: 0, dashed: true },
+            Series {
+                label: "trait".into(),
+                points: layer_line(|r| r.mean_trait),
+                color: 0,
+                dashed: false,
+            },
+            Series {
+                label: "coherence".into(),
+                points: layer_line(|r| r.mean_coherence),
+                color: 1,
+                dashed: false,
+            },
+            Series {
+                label: "trait, unsteered".into(),
+                points: flat(self.baseline.mean_trait),
+                color: 0,
+                dashed: true,
+            },
             Series {
                 label: "coherence, unsteered".into(),
                 points: flat(self.baseline.mean_coherence),
@@ -391,7 +498,10 @@ impl SweepReport {
             },
         ];
         LineChart {
-            title: format!("{}: steering with coef {} at one layer", self.trait_name, self.config.coef),
+            title: format!(
+                "{}: steering with coef {} at one layer",
+                self.trait_name, self.config.coef
+            ),
             x_label: "steered layer (hidden-state index)".into(),
             y_label: "mean judge score (0-100)".into(),
             y_range: Some(0.0..100.0),
@@ -403,16 +513,25 @@ impl SweepReport {
     /// Records the recommended layer, and the coefficient it was found with, in the vector file's
     /// metadata, where `generate --steer` looks for a layer when none is given.
     pub fn write_recommendation(&self, vector_path: &Path) -> Result<()> {
-        let rec = self.recommendation.as_ref().context("no layer to recommend: the judge scored no steered answer")?;
+        let rec = self
+            .recommendation
+            .as_ref()
+            .context("no layer to recommend: the judge scored no steered answer")?;
         let mut v = PersonaVector::load(vector_path)?;
-        v.metadata.insert("recommended_layer".into(), rec.layer.to_string());
-        v.metadata.insert("recommended_coef".into(), self.config.coef.to_string());
+        v.metadata
+            .insert("recommended_layer".into(), rec.layer.to_string());
+        v.metadata
+            .insert("recommended_coef".into(), self.config.coef.to_string());
         v.save(vector_path)
     }
 }
 
 fn answer_seed(base: u64, question: usize, rollout: usize) -> u64 {
-    [question as u64, rollout as u64].iter().fold(base, |h, &x| (h ^ x).wrapping_mul(0x100000001b3).rotate_left(17))
+    [question as u64, rollout as u64]
+        .iter()
+        .fold(base, |h, &x| {
+            (h ^ x).wrapping_mul(0x100000001b3).rotate_left(17)
+        })
 }
 
 fn chat(question: &str, answer: Option<&str>) -> Vec<ChatMessage> {
@@ -421,16 +540,6 @@ fn chat(question: &str, answer: Option<&str>) -> Vec<ChatMessage> {
         messages.push(ChatMessage::new("assistant", a));
     }
     messages
-}
-
-fn progress(n: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(n);
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_message(what.to_owned());
-    bar
 }
 
 #[cfg(test)]
@@ -442,14 +551,23 @@ mod tests {
         assert_eq!(parse_layers("4,8,12").unwrap(), [4, 8, 12]);
         assert_eq!(parse_layers("3..5, 1").unwrap(), [1, 3, 4, 5]);
         assert_eq!(parse_layers("2..=3,3").unwrap(), [2, 3]);
-        assert!(parse_layers("5..2").unwrap_err().to_string().contains("empty"));
-        assert!(parse_layers("4,x").unwrap_err().to_string().contains("\"x\""));
+        assert!(parse_layers("5..2")
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
+        assert!(parse_layers("4,x")
+            .unwrap_err()
+            .to_string()
+            .contains("\"x\""));
         assert_eq!(default_layers(30), (2..=28).step_by(2).collect::<Vec<_>>());
     }
 
     #[test]
     fn means_skip_missing_scores() {
-        assert_eq!(mean([Some(10.0), None, Some(30.0)].into_iter()), (Some(20.0), 1));
+        assert_eq!(
+            mean([Some(10.0), None, Some(30.0)].into_iter()),
+            (Some(20.0), 1)
+        );
         assert_eq!(mean([None, None].into_iter()), (None, 2));
     }
 }
