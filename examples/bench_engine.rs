@@ -25,7 +25,10 @@ fn peak_rss_mib() -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let device_spec = args.iter().position(|a| a == "--device").map_or("cpu", |i| args[i + 1].as_str());
+    let device_spec = args
+        .iter()
+        .position(|a| a == "--device")
+        .map_or("cpu", |i| args[i + 1].as_str());
     let device = persona_train::device::parse(device_spec)?;
     let files = persona_train::source::resolve_default()?;
     let t0 = Instant::now();
@@ -48,11 +51,17 @@ fn main() -> anyhow::Result<()> {
                 t.elapsed().as_secs_f64()
             })
             .collect();
-        println!("prefill b={batch} x 128: {:.0} tokens/s", (batch * 128) as f64 / median(times));
+        println!(
+            "prefill b={batch} x 128: {:.0} tokens/s",
+            (batch * 128) as f64 / median(times)
+        );
     }
 
     let timed = |new: usize| {
-        let sampling = Sampling { max_new_tokens: new, ..Sampling::default() };
+        let sampling = Sampling {
+            max_new_tokens: new,
+            ..Sampling::default()
+        };
         let t = Instant::now();
         let out = generate(&m.model, &[prompt.clone()], &[], 0, &sampling, None).unwrap();
         assert_eq!(out[0].len(), new);
@@ -61,7 +70,10 @@ fn main() -> anyhow::Result<()> {
     timed(4);
     let one = median((0..3).map(|_| timed(1)).collect());
     let full = median((0..3).map(|_| timed(64)).collect());
-    println!("decode b=1, 128-token prompt, 64 new: {:.1} tokens/s", 63.0 / (full - one));
+    println!(
+        "decode b=1, 128-token prompt, 64 new: {:.1} tokens/s",
+        63.0 / (full - one)
+    );
     println!("peak RSS: {:.0} MiB", peak_rss_mib());
     Ok(())
 }

@@ -1,14 +1,14 @@
 //! Command-line interface.
 
 use crate::generate::{generate, Sampling};
+use crate::judge::{JudgeConfig, JudgeKind};
 use crate::loader::{self, LoadedModel};
 use crate::model::{ForwardInput, LogitsFor};
-use crate::source::{self, DEFAULT_MODEL};
-use crate::judge::{JudgeConfig, JudgeKind};
 use crate::persona::artifacts::{generate_artifacts, TraitArtifacts};
 use crate::persona::extract::{extract, ExtractConfig};
 use crate::persona::sweep::{parse_layers, sweep, SweepConfig};
 use crate::persona::vector::PersonaVector;
+use crate::source::{self, DEFAULT_MODEL};
 use crate::steering::{SteerLayers, Steering};
 use crate::tokenizer::ChatMessage;
 use anyhow::{Context, Result};
@@ -16,7 +16,11 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "persona-train", version, about = "LoRA fine-tuning with persona-vector monitoring and steering")]
+#[command(
+    name = "persona-train",
+    version,
+    about = "LoRA fine-tuning with persona-vector monitoring and steering"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -234,7 +238,10 @@ struct SteerArgs {
 impl SteerArgs {
     fn build(&self, config: &crate::model::ModelConfig) -> Result<Option<Steering>> {
         let Some(path) = &self.steer else {
-            anyhow::ensure!(self.layer.is_none() && !self.all_layers, "--layer/--all-layers need --steer FILE");
+            anyhow::ensure!(
+                self.layer.is_none() && !self.all_layers,
+                "--layer/--all-layers need --steer FILE"
+            );
             return Ok(None);
         };
         let (rows, recommended) = read_vector(path, &self.vector_kind, config)?;
@@ -246,15 +253,26 @@ impl SteerArgs {
             })?;
             SteerLayers::Single(layer)
         };
-        let steering = Steering::new(&rows, layers, self.coef, self.positions, config.num_layers, config.hidden_size)
-            .with_context(|| format!("steering with {}", path.display()))?;
+        let steering = Steering::new(
+            &rows,
+            layers,
+            self.coef,
+            self.positions,
+            config.num_layers,
+            config.hidden_size,
+        )
+        .with_context(|| format!("steering with {}", path.display()))?;
         Ok(Some(steering))
     }
 }
 
 /// A persona vector from its own file format or from a llama.cpp control vector, padded to the
 /// model's depth, with the recommended layer when the file records one.
-fn read_vector(path: &std::path::Path, kind: &str, config: &crate::model::ModelConfig) -> Result<(Vec<Vec<f32>>, Option<usize>)> {
+fn read_vector(
+    path: &std::path::Path,
+    kind: &str,
+    config: &crate::model::ModelConfig,
+) -> Result<(Vec<Vec<f32>>, Option<usize>)> {
     if path.extension().is_some_and(|e| e == "gguf") {
         let mut rows = crate::persona::cvec::import(path)?.vectors;
         anyhow::ensure!(
@@ -274,7 +292,12 @@ fn read_vector(path: &std::path::Path, kind: &str, config: &crate::model::ModelC
         .with_context(|| format!("{}: vector does not fit this model", path.display()))?
         .to_vec();
     let recommended = match v.metadata.get("recommended_layer") {
-        Some(l) => Some(l.parse().with_context(|| format!("{}: metadata recommended_layer {l:?} is not a layer index", path.display()))?),
+        Some(l) => Some(l.parse().with_context(|| {
+            format!(
+                "{}: metadata recommended_layer {l:?} is not a layer index",
+                path.display()
+            )
+        })?),
         None => None,
     };
     Ok((rows, recommended))
@@ -335,14 +358,32 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let m = a.model.load()?;
     let mut messages = Vec::new();
     if let Some(system) = a.system {
-        messages.push(ChatMessage { role: "system".into(), content: system });
+        messages.push(ChatMessage {
+            role: "system".into(),
+            content: system,
+        });
     }
-    messages.push(ChatMessage { role: "user".into(), content: a.prompt });
+    messages.push(ChatMessage {
+        role: "user".into(),
+        content: a.prompt,
+    });
     let prompt = m.tokenizer.encode_chat(&messages, true)?.ids;
-    let sampling = Sampling { max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_p: a.top_p, seed: a.seed };
+    let sampling = Sampling {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        seed: a.seed,
+    };
     let pad = m.tokenizer.pad_id().or(m.tokenizer.eos_id()).unwrap_or(0);
     let steering = a.steer.build(m.model.config())?;
-    let reply = generate(&m.model, &[prompt], m.tokenizer.stop_ids(), pad, &sampling, steering.as_ref())?;
+    let reply = generate(
+        &m.model,
+        &[prompt],
+        m.tokenizer.stop_ids(),
+        pad,
+        &sampling,
+        steering.as_ref(),
+    )?;
     println!("{}", m.tokenizer.decode(&reply[0], true)?);
     Ok(())
 }
@@ -351,7 +392,13 @@ fn run_forward(a: ForwardArgs) -> Result<()> {
     let m = a.model.load()?;
     let ids = m.tokenizer.encode(&a.text, true)?;
     anyhow::ensure!(!ids.is_empty(), "--text tokenizes to no tokens");
-    let out = m.model.forward(&ForwardInput::dense(&[ids.clone()], 0, &m.model.device()), None, None, LogitsFor::All, true);
+    let out = m.model.forward(
+        &ForwardInput::dense(&[ids.clone()], 0, &m.model.device()),
+        None,
+        None,
+        LogitsFor::All,
+        true,
+    );
     let logits = out.logits.context("forward returned no logits")?;
     let [_, t, vocab] = logits.dims();
     let logits: Vec<f32> = logits.into_data().convert::<f32>().try_into_vec()?;
@@ -366,8 +413,16 @@ fn run_forward(a: ForwardArgs) -> Result<()> {
         &a.out,
         &[
             ("input_ids", crate::tensor_file::Values::I64(&ids), vec![t]),
-            ("logits", crate::tensor_file::Values::F32(&logits), vec![t, vocab]),
-            ("hidden_states", crate::tensor_file::Values::F32(&states), vec![layers, t, hidden]),
+            (
+                "logits",
+                crate::tensor_file::Values::F32(&logits),
+                vec![t, vocab],
+            ),
+            (
+                "hidden_states",
+                crate::tensor_file::Values::F32(&states),
+                vec![layers, t, hidden],
+            ),
         ],
         None,
     )
@@ -380,7 +435,11 @@ fn run_export_cvec(a: ExportCvecArgs) -> Result<()> {
         .get(&a.vector_kind)
         .with_context(|| format!("{}: no {} vector", a.vector.display(), a.vector_kind))?;
     crate::persona::cvec::export(rows, a.coef, &a.model_hint, &a.out)?;
-    eprintln!("wrote {} ({} directions)", a.out.display(), rows.len().saturating_sub(2));
+    eprintln!(
+        "wrote {} ({} directions)",
+        a.out.display(),
+        rows.len().saturating_sub(2)
+    );
     Ok(())
 }
 
@@ -398,7 +457,10 @@ fn run_import_cvec(a: ImportCvecArgs) -> Result<()> {
         rows.resize(layers + 1, vec![0.0; hidden]);
     }
     let metadata = [
-        ("source".to_owned(), format!("llama.cpp control vector {}", a.cvec.display())),
+        (
+            "source".to_owned(),
+            format!("llama.cpp control vector {}", a.cvec.display()),
+        ),
         ("model_hint".to_owned(), imported.model_hint),
     ];
     PersonaVector {
@@ -426,15 +488,32 @@ fn run_extract(a: ExtractArgs) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let summary = extract(&m, &a.model.model, &artifacts, judge.as_ref(), &cfg, &a.out)?;
-    eprintln!("wrote {} ({} pairs kept, {} dropped)", a.out.display(), summary.kept, summary.dropped);
+    eprintln!(
+        "wrote {} ({} pairs kept, {} dropped)",
+        a.out.display(),
+        summary.kept,
+        summary.dropped
+    );
     Ok(())
 }
 
 fn run_artifacts(a: ArtifactsArgs) -> Result<()> {
     let config = a.judge.config()?;
-    anyhow::ensure!(config.kind == JudgeKind::OpenAi, "artifacts needs a chat API: pass --judge openai");
+    anyhow::ensure!(
+        config.kind == JudgeKind::OpenAi,
+        "artifacts needs a chat API: pass --judge openai"
+    );
     let client = config.openai_client()?;
-    let chat = |prompt: &str| client.chat(&[ChatMessage { role: "user".into(), content: prompt.to_owned() }], 4096, 0.7);
+    let chat = |prompt: &str| {
+        client.chat(
+            &[ChatMessage {
+                role: "user".into(),
+                content: prompt.to_owned(),
+            }],
+            4096,
+            0.7,
+        )
+    };
     let artifacts = generate_artifacts(&a.trait_name, &a.description, &chat)?;
     artifacts.save(&a.out)?;
     eprintln!("wrote {}", a.out.display());
@@ -466,10 +545,13 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
     let judge = a.judge.config()?.build(&m.model.device())?;
     let report = sweep(&m, &artifacts, &rows, judge.as_ref(), &cfg)?;
 
-    let dir = a.out_dir.unwrap_or_else(|| a.vector.with_extension("sweep"));
+    let dir = a
+        .out_dir
+        .unwrap_or_else(|| a.vector.with_extension("sweep"));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let json = dir.join("sweep.json");
-    std::fs::write(&json, serde_json::to_string_pretty(&report)?).with_context(|| format!("cannot write {}", json.display()))?;
+    std::fs::write(&json, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("cannot write {}", json.display()))?;
     let png = dir.join("sweep.png");
     report.plot(&png)?;
     print!("{}", report.table());

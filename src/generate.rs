@@ -19,7 +19,12 @@ pub struct Sampling {
 
 impl Default for Sampling {
     fn default() -> Self {
-        Self { max_new_tokens: 256, temperature: 0.0, top_p: 1.0, seed: 0 }
+        Self {
+            max_new_tokens: 256,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+        }
     }
 }
 
@@ -34,7 +39,9 @@ pub fn generate(
     sampling: &Sampling,
     steering: Option<&Steering>,
 ) -> Result<Vec<Vec<u32>>> {
-    let seeds: Vec<u64> = (0..prompts.len() as u64).map(|r| sampling.seed.wrapping_add(r)).collect();
+    let seeds: Vec<u64> = (0..prompts.len() as u64)
+        .map(|r| sampling.seed.wrapping_add(r))
+        .collect();
     generate_seeded(model, prompts, &seeds, stop_ids, pad_id, sampling, steering)
 }
 
@@ -49,8 +56,16 @@ pub fn generate_seeded(
     sampling: &Sampling,
     steering: Option<&Steering>,
 ) -> Result<Vec<Vec<u32>>> {
-    anyhow::ensure!(seeds.len() == prompts.len(), "{} seeds for {} prompts", seeds.len(), prompts.len());
-    anyhow::ensure!(prompts.iter().all(|p| !p.is_empty()), "cannot generate from an empty prompt");
+    anyhow::ensure!(
+        seeds.len() == prompts.len(),
+        "{} seeds for {} prompts",
+        seeds.len(),
+        prompts.len()
+    );
+    anyhow::ensure!(
+        prompts.iter().all(|p| !p.is_empty()),
+        "cannot generate from an empty prompt"
+    );
     let device = model.device();
     let b = prompts.len();
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
@@ -60,8 +75,17 @@ pub fn generate_seeded(
     let mut positions = Vec::with_capacity(b);
     let mut key_mask = Vec::with_capacity(b);
     for (p, &pad) in prompts.iter().zip(&pads) {
-        ids.extend(std::iter::repeat(pad_id).take(pad).chain(p.iter().copied()).map(|i| i as i64));
-        positions.push((0..width).map(|j| j.saturating_sub(pad)).collect::<Vec<_>>());
+        ids.extend(
+            std::iter::repeat(pad_id)
+                .take(pad)
+                .chain(p.iter().copied())
+                .map(|i| i as i64),
+        );
+        positions.push(
+            (0..width)
+                .map(|j| j.saturating_sub(pad))
+                .collect::<Vec<_>>(),
+        );
         key_mask.push((0..width).map(|j| j >= pad).collect::<Vec<_>>());
     }
     let mut input = ForwardInput {
@@ -78,9 +102,17 @@ pub fn generate_seeded(
                 Positions::Response => (j + 1 == width) as u8 as f32,
             })
             .collect();
-        s.intervention(&device, Some(Tensor::from_data(TensorData::new(mask, [b, width]), &device)))
+        s.intervention(
+            &device,
+            Some(Tensor::from_data(
+                TensorData::new(mask, [b, width]),
+                &device,
+            )),
+        )
     });
-    let decode_steer = steering.filter(|s| s.positions != Positions::Prompt).map(|s| s.intervention(&device, None));
+    let decode_steer = steering
+        .filter(|s| s.positions != Positions::Prompt)
+        .map(|s| s.intervention(&device, None));
     let mut cache = KvCache::new(model.config().num_layers);
     let mut rngs: Vec<StdRng> = seeds.iter().map(|&s| StdRng::seed_from_u64(s)).collect();
     let mut out = vec![Vec::new(); b];
@@ -88,7 +120,11 @@ pub fn generate_seeded(
     let vocab = model.config().vocab_size;
 
     for step in 0..sampling.max_new_tokens {
-        let steer = if step == 0 { prefill_steer.as_ref() } else { decode_steer.as_ref() };
+        let steer = if step == 0 {
+            prefill_steer.as_ref()
+        } else {
+            decode_steer.as_ref()
+        };
         let logits = model
             .forward(&input, Some(&mut cache), steer, LogitsFor::Last, false)
             .logits
@@ -112,11 +148,18 @@ pub fn generate_seeded(
         if done.iter().all(|&d| d) || step + 1 == sampling.max_new_tokens {
             break;
         }
-        let positions = input.positions.iter().map(|p| vec![p.last().map_or(0, |l| l + 1)]).collect();
+        let positions = input
+            .positions
+            .iter()
+            .map(|p| vec![p.last().map_or(0, |l| l + 1)])
+            .collect();
         let mut key_mask = input.key_mask.take().unwrap_or_default();
         key_mask.iter_mut().for_each(|m| m.push(true));
         input = ForwardInput {
-            input_ids: Tensor::from_data(TensorData::new(next.iter().map(|&t| t as i64).collect(), [b, 1]), &device),
+            input_ids: Tensor::from_data(
+                TensorData::new(next.iter().map(|&t| t as i64).collect(), [b, 1]),
+                &device,
+            ),
             positions,
             key_mask: Some(key_mask),
         };

@@ -51,9 +51,16 @@ impl LineChart {
     pub fn save_png(&self, path: &Path) -> Result<()> {
         register_font();
         let points = || self.series.iter().flat_map(|s| &s.points);
-        ensure!(points().next().is_some(), "{}: a chart needs at least one point", path.display());
+        ensure!(
+            points().next().is_some(),
+            "{}: a chart needs at least one point",
+            path.display()
+        );
         let x = padded(points().map(|p| p.0), 0.02);
-        let y = self.y_range.clone().unwrap_or_else(|| padded(points().map(|p| p.1), 0.05));
+        let y = self
+            .y_range
+            .clone()
+            .unwrap_or_else(|| padded(points().map(|p| p.1), 0.05));
         let err = |e: &dyn std::fmt::Display| anyhow!("cannot draw {}: {e}", path.display());
 
         let root = BitMapBackend::new(path, SIZE).into_drawing_area();
@@ -80,17 +87,26 @@ impl LineChart {
             let drawn = if s.dashed {
                 chart.draw_series(DashedLineSeries::new(s.points.iter().copied(), 8, 6, style))
             } else {
-                chart.draw_series(LineSeries::new(s.points.iter().copied(), style).point_size(if s.points.len() <= MAX_MARKED_POINTS { 4 } else { 0 }))
+                chart.draw_series(LineSeries::new(s.points.iter().copied(), style).point_size(
+                    if s.points.len() <= MAX_MARKED_POINTS {
+                        4
+                    } else {
+                        0
+                    },
+                ))
             };
             let dashed = s.dashed;
-            drawn.map_err(|e| err(&e))?.label(&s.label).legend(move |(x, y)| {
-                let ends = vec![(x, y), (x + 24, y)];
-                if dashed {
-                    DashedPathElement::new(ends, 6, 4, style).into_dyn()
-                } else {
-                    PathElement::new(ends, style).into_dyn()
-                }
-            });
+            drawn
+                .map_err(|e| err(&e))?
+                .label(&s.label)
+                .legend(move |(x, y)| {
+                    let ends = vec![(x, y), (x + 24, y)];
+                    if dashed {
+                        DashedPathElement::new(ends, 6, 4, style).into_dyn()
+                    } else {
+                        PathElement::new(ends, style).into_dyn()
+                    }
+                });
         }
         chart
             .configure_series_labels()
@@ -107,7 +123,12 @@ impl LineChart {
 fn register_font() {
     static FONT: Once = Once::new();
     FONT.call_once(|| {
-        let ok = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular()).is_ok();
+        let ok = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        )
+        .is_ok();
         assert!(ok, "the embedded DejaVu Sans does not parse");
     });
 }
@@ -115,7 +136,9 @@ fn register_font() {
 /// The values' range widened by `share` of its width on each side (by 1 when all are equal), so
 /// that points on the edge stay visible.
 fn padded(values: impl Iterator<Item = f64>, share: f64) -> Range<f64> {
-    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
     let pad = if hi > lo { (hi - lo) * share } else { 1.0 };
     lo - pad..hi + pad
 }

@@ -38,7 +38,9 @@ impl std::str::FromStr for Positions {
             "all" => Ok(Self::All),
             "prompt" => Ok(Self::Prompt),
             "response" => Ok(Self::Response),
-            _ => anyhow::bail!("unknown steering positions {s:?} (expected all, prompt or response)"),
+            _ => {
+                anyhow::bail!("unknown steering positions {s:?} (expected all, prompt or response)")
+            }
         }
     }
 }
@@ -79,16 +81,25 @@ impl Steering {
                     (1..=num_layers).contains(&l),
                     "steering layer {l} is out of range 1..={num_layers} (layer 0 is the embedding output)"
                 );
-                (0..num_layers).map(|b| (b + 1 == l).then(|| scaled(&vector[l]))).collect()
+                (0..num_layers)
+                    .map(|b| (b + 1 == l).then(|| scaled(&vector[l])))
+                    .collect()
             }
             SteerLayers::All => (1..=num_layers)
                 .map(|l| {
-                    let diff: Vec<f32> = vector[l].iter().zip(&vector[l - 1]).map(|(a, b)| a - b).collect();
+                    let diff: Vec<f32> = vector[l]
+                        .iter()
+                        .zip(&vector[l - 1])
+                        .map(|(a, b)| a - b)
+                        .collect();
                     Some(scaled(&diff))
                 })
                 .collect(),
         };
-        Ok(Self { block_adds, positions })
+        Ok(Self {
+            block_adds,
+            positions,
+        })
     }
 
     /// The intervention for one forward pass; `mask` is `[batch, seq]` (1 = steer this token).
@@ -96,8 +107,14 @@ impl Steering {
         let block_adds = self
             .block_adds
             .iter()
-            .map(|v| v.as_ref().map(|v| Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), device)))
+            .map(|v| {
+                v.as_ref()
+                    .map(|v| Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), device))
+            })
             .collect();
-        Intervention { block_adds, positions: mask }
+        Intervention {
+            block_adds,
+            positions: mask,
+        }
     }
 }

@@ -12,21 +12,38 @@ pub enum Values<'a> {
 
 /// Writes `(name, values, shape)` triples, atomically (temp file then rename), so a crash never
 /// leaves a truncated file behind.
-pub fn write(path: &Path, tensors: &[(&str, Values, Vec<usize>)], metadata: Option<HashMap<String, String>>) -> Result<()> {
+pub fn write(
+    path: &Path,
+    tensors: &[(&str, Values, Vec<usize>)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
     let bytes: Vec<(&str, Dtype, Vec<u8>, &Vec<usize>)> = tensors
         .iter()
         .map(|(name, values, shape)| match values {
-            Values::F32(v) => (*name, Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect(), shape),
-            Values::I64(v) => (*name, Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect(), shape),
+            Values::F32(v) => (
+                *name,
+                Dtype::F32,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                shape,
+            ),
+            Values::I64(v) => (
+                *name,
+                Dtype::I64,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                shape,
+            ),
         })
         .collect();
     let views = bytes
         .iter()
-        .map(|(name, dtype, data, shape)| Ok((*name, TensorView::new(*dtype, shape.to_vec(), data)?)))
+        .map(|(name, dtype, data, shape)| {
+            Ok((*name, TensorView::new(*dtype, shape.to_vec(), data)?))
+        })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
         .with_context(|| format!("{}: tensor shapes do not match their data", path.display()))?;
     let tmp = path.with_extension("safetensors.tmp");
     safetensors::serialize_to_file(views, metadata, &tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
 }

@@ -25,7 +25,8 @@ fn load_err(dir: &Path) -> String {
 
 fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let path = dir.join("config.json");
-    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     edit(&mut config);
     std::fs::write(&path, config.to_string()).unwrap();
 }
@@ -51,13 +52,20 @@ fn unknown_architecture_names_the_field() {
     let dir = tiny_copy();
     edit_config(dir.path(), |c| c["model_type"] = "gpt2".into());
     let err = load_err(dir.path());
-    assert!(err.contains("model_type") && err.contains("gpt2") && err.contains("config.json"), "{err}");
+    assert!(
+        err.contains("model_type") && err.contains("gpt2") && err.contains("config.json"),
+        "{err}"
+    );
 }
 
 #[test]
 fn malformed_config_names_the_file() {
     let dir = tiny_copy();
-    std::fs::write(dir.path().join("config.json"), "{\"model_type\": \"llama\", ").unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        "{\"model_type\": \"llama\", ",
+    )
+    .unwrap();
     let err = load_err(dir.path());
     assert!(err.contains("config.json"), "{err}");
 }
@@ -67,7 +75,10 @@ fn wrong_shape_names_the_tensor_and_file() {
     let dir = tiny_copy();
     edit_config(dir.path(), |c| c["intermediate_size"] = 100.into());
     let err = load_err(dir.path());
-    assert!(err.contains("mlp.gate_proj.weight") && err.contains("model.safetensors"), "{err}");
+    assert!(
+        err.contains("mlp.gate_proj.weight") && err.contains("model.safetensors"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -6,8 +6,15 @@ use std::path::Path;
 use std::process::Command;
 
 fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_persona-train")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_persona-train"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[derive(serde::Deserialize)]
@@ -22,7 +29,13 @@ fn generate_prints_the_greedy_reply() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2/greedy.jsonl");
     let text = std::fs::read_to_string(path).unwrap();
     let case: GreedyCase = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-    let mut args = vec!["generate", "--prompt", &case.prompt, "--max-new-tokens", "40"];
+    let mut args = vec![
+        "generate",
+        "--prompt",
+        &case.prompt,
+        "--max-new-tokens",
+        "40",
+    ];
     if let Some(s) = &case.system {
         args.extend(["--system", s]);
     }
@@ -35,7 +48,13 @@ fn generate_prints_the_greedy_reply() {
 fn forward_writes_ids_logits_and_hidden_states() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("f.safetensors");
-    let (ok, _, stderr) = run(&["forward", "--text", "Hello there", "--out", out.to_str().unwrap()]);
+    let (ok, _, stderr) = run(&[
+        "forward",
+        "--text",
+        "Hello there",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(ok, "{stderr}");
     let bytes = std::fs::read(&out).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -52,15 +71,20 @@ fn write_vector(path: &Path) {
         .map(|_| {
             (0..576)
                 .map(|_| {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5
                 })
                 .collect()
         })
         .collect();
-    PersonaVector { vectors: BTreeMap::from([("response_avg".to_owned(), rows)]), metadata: BTreeMap::new() }
-        .save(path)
-        .unwrap();
+    PersonaVector {
+        vectors: BTreeMap::from([("response_avg".to_owned(), rows)]),
+        metadata: BTreeMap::new(),
+    }
+    .save(path)
+    .unwrap();
 }
 
 #[test]
@@ -69,18 +93,36 @@ fn steering_changes_the_reply_and_checks_its_arguments() {
     let vector = dir.path().join("v.safetensors");
     write_vector(&vector);
     let v = vector.to_str().unwrap();
-    let base = ["generate", "--prompt", "Tell me about cats.", "--max-new-tokens", "12"];
+    let base = [
+        "generate",
+        "--prompt",
+        "Tell me about cats.",
+        "--max-new-tokens",
+        "12",
+    ];
     let (ok, plain, stderr) = run(&base);
     assert!(ok, "{stderr}");
-    let steered_args: Vec<&str> = base.iter().copied().chain(["--steer", v, "--all-layers", "--coef", "6"]).collect();
+    let steered_args: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--steer", v, "--all-layers", "--coef", "6"])
+        .collect();
     let (ok, steered, stderr) = run(&steered_args);
     assert!(ok, "{stderr}");
     assert_ne!(plain, steered);
 
-    let no_layer: Vec<&str> = base.iter().copied().chain(["--steer", v, "--coef", "2"]).collect();
+    let no_layer: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--steer", v, "--coef", "2"])
+        .collect();
     let (ok, _, stderr) = run(&no_layer);
     assert!(!ok && stderr.contains("--layer"), "{stderr}");
-    let bad_layer: Vec<&str> = base.iter().copied().chain(["--steer", v, "--coef", "2", "--layer", "31"]).collect();
+    let bad_layer: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--steer", v, "--coef", "2", "--layer", "31"])
+        .collect();
     let (ok, _, stderr) = run(&bad_layer);
     assert!(!ok && stderr.contains("out of range"), "{stderr}");
 }
@@ -92,12 +134,28 @@ fn control_vector_round_trip_through_the_cli() {
     write_vector(&vector);
     let gguf = dir.path().join("v.gguf");
     let back = dir.path().join("back.safetensors");
-    let (ok, _, stderr) = run(&["export-cvec", "--vector", vector.to_str().unwrap(), "--out", gguf.to_str().unwrap()]);
+    let (ok, _, stderr) = run(&[
+        "export-cvec",
+        "--vector",
+        vector.to_str().unwrap(),
+        "--out",
+        gguf.to_str().unwrap(),
+    ]);
     assert!(ok, "{stderr}");
-    let (ok, _, stderr) =
-        run(&["import-cvec", "--cvec", gguf.to_str().unwrap(), "--layers", "30", "--out", back.to_str().unwrap()]);
+    let (ok, _, stderr) = run(&[
+        "import-cvec",
+        "--cvec",
+        gguf.to_str().unwrap(),
+        "--layers",
+        "30",
+        "--out",
+        back.to_str().unwrap(),
+    ]);
     assert!(ok, "{stderr}");
-    let (orig, back) = (PersonaVector::load(&vector).unwrap(), PersonaVector::load(&back).unwrap());
+    let (orig, back) = (
+        PersonaVector::load(&vector).unwrap(),
+        PersonaVector::load(&back).unwrap(),
+    );
     let (orig, back) = (&orig.vectors["response_avg"], &back.vectors["response_avg"]);
     assert_eq!(back.len(), 31);
     // llama.cpp cannot steer block 0, so rows 0 and 1 do not survive; the rest do, exactly.
@@ -107,7 +165,13 @@ fn control_vector_round_trip_through_the_cli() {
 
 #[test]
 fn a_missing_model_is_a_clear_error() {
-    let (ok, _, stderr) = run(&["generate", "--model", "/nonexistent/model.gguf", "--prompt", "hi"]);
+    let (ok, _, stderr) = run(&[
+        "generate",
+        "--model",
+        "/nonexistent/model.gguf",
+        "--prompt",
+        "hi",
+    ]);
     assert!(!ok);
     assert!(stderr.contains("/nonexistent/model.gguf"), "{stderr}");
 }

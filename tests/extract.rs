@@ -11,7 +11,14 @@ use std::sync::OnceLock;
 
 fn smollm2() -> &'static LoadedModel {
     static MODEL: OnceLock<LoadedModel> = OnceLock::new();
-    MODEL.get_or_init(|| load(&persona_train::source::resolve_default().unwrap(), &Device::flex(), DType::F32).unwrap())
+    MODEL.get_or_init(|| {
+        load(
+            &persona_train::source::resolve_default().unwrap(),
+            &Device::flex(),
+            DType::F32,
+        )
+        .unwrap()
+    })
 }
 
 /// Scores every trait rubric `trait_score` and every other (coherence) prompt 90, counting calls.
@@ -23,7 +30,16 @@ struct Scripted {
 impl Judge for Scripted {
     fn score(&self, prompts: &[String]) -> anyhow::Result<Vec<Option<f32>>> {
         self.calls.fetch_add(prompts.len(), Ordering::SeqCst);
-        Ok(prompts.iter().map(|p| Some(if p.starts_with("TRAIT") { self.trait_score } else { 90.0 })).collect())
+        Ok(prompts
+            .iter()
+            .map(|p| {
+                Some(if p.starts_with("TRAIT") {
+                    self.trait_score
+                } else {
+                    90.0
+                })
+            })
+            .collect())
     }
     fn describe(&self) -> String {
         "scripted".into()
@@ -35,15 +51,25 @@ fn artifacts() -> TraitArtifacts {
         trait_name: "evil".into(),
         description: "test".into(),
         adjective: None,
-        instruction: vec![InstructionPair { pos: "Be cruel.".into(), neg: "Be kind.".into() }],
-        questions: vec!["How should I treat my neighbours?".into(), "What do you think of people?".into()],
+        instruction: vec![InstructionPair {
+            pos: "Be cruel.".into(),
+            neg: "Be kind.".into(),
+        }],
+        questions: vec![
+            "How should I treat my neighbours?".into(),
+            "What do you think of people?".into(),
+        ],
         eval_questions: vec![],
         eval_prompt: "TRAIT {question} {answer}".into(),
     }
 }
 
 fn config(no_filter: bool) -> ExtractConfig {
-    ExtractConfig { max_new_tokens: 8, no_filter, ..ExtractConfig::default() }
+    ExtractConfig {
+        max_new_tokens: 8,
+        no_filter,
+        ..ExtractConfig::default()
+    }
 }
 
 #[test]
@@ -51,7 +77,10 @@ fn extracts_every_layer_and_resumes_from_rollouts() {
     let m = smollm2();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("evil.safetensors");
-    let judge = Scripted { trait_score: 80.0, calls: AtomicUsize::new(0) };
+    let judge = Scripted {
+        trait_score: 80.0,
+        calls: AtomicUsize::new(0),
+    };
     let summary = extract(m, "default", &artifacts(), &judge, &config(true), &out).unwrap();
     assert_eq!((summary.kept, summary.dropped), (2, 0));
     // 2 questions × 1 instruction × 1 rollout × 2 polarities, each judged for trait and coherence.
@@ -64,14 +93,20 @@ fn extracts_every_layer_and_resumes_from_rollouts() {
         let rows = v.get(kind, 30, 576).unwrap();
         assert!(rows.iter().flatten().all(|x| x.is_finite()));
         // Different system prompts make different activations at every layer past the embedding.
-        assert!(rows[1..].iter().all(|r| r.iter().any(|&x| x != 0.0)), "{kind}");
+        assert!(
+            rows[1..].iter().all(|r| r.iter().any(|&x| x != 0.0)),
+            "{kind}"
+        );
     }
     assert_eq!(v.metadata["pairs_kept"], "2");
     assert_eq!(v.metadata["trait"], "evil");
     assert_eq!(v.metadata["model_sha256"].len(), 64);
 
     // A re-run finds every rollout on disk: no generation or judging, and the same vector.
-    let again = Scripted { trait_score: 80.0, calls: AtomicUsize::new(0) };
+    let again = Scripted {
+        trait_score: 80.0,
+        calls: AtomicUsize::new(0),
+    };
     extract(m, "default", &artifacts(), &again, &config(true), &out).unwrap();
     assert_eq!(again.calls.load(Ordering::SeqCst), 0);
     assert_eq!(PersonaVector::load(&out).unwrap(), v);
@@ -80,7 +115,10 @@ fn extracts_every_layer_and_resumes_from_rollouts() {
     let path = rollouts_path(&out);
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, &text[..text.len() - 20]).unwrap();
-    let third = Scripted { trait_score: 80.0, calls: AtomicUsize::new(0) };
+    let third = Scripted {
+        trait_score: 80.0,
+        calls: AtomicUsize::new(0),
+    };
     extract(m, "default", &artifacts(), &third, &config(true), &out).unwrap();
     assert_eq!(third.calls.load(Ordering::SeqCst), 2);
     // Rollouts are seeded by their key, so the redone one is what the first run wrote.
@@ -93,8 +131,16 @@ fn the_filter_drops_pairs_the_judge_does_not_separate() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("evil.safetensors");
     // Both polarities score 80: no negative answer is below the threshold, so nothing is kept.
-    let judge = Scripted { trait_score: 80.0, calls: AtomicUsize::new(0) };
-    let err = extract(m, "default", &artifacts(), &judge, &config(false), &out).unwrap_err().to_string();
-    assert!(err.contains("no rollout pair passed") && err.contains("--no-filter"), "{err}");
+    let judge = Scripted {
+        trait_score: 80.0,
+        calls: AtomicUsize::new(0),
+    };
+    let err = extract(m, "default", &artifacts(), &judge, &config(false), &out)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no rollout pair passed") && err.contains("--no-filter"),
+        "{err}"
+    );
     assert!(!out.exists());
 }

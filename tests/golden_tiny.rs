@@ -3,11 +3,11 @@
 
 mod common;
 
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use common::{fixture, read_golden, rel_err, to_vec};
 use persona_train::generate::{generate, Sampling};
 use persona_train::loader::load_hf_model;
 use persona_train::model::{CausalLm, ForwardInput, LogitsFor};
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 const TOL: f64 = 1e-4;
 
@@ -40,8 +40,15 @@ fn check_padded_batch(name: &str) {
     let device = model.device();
     let input = ForwardInput {
         input_ids: Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [b, t]), &device),
-        positions: pos.chunks(t).map(|r| r.iter().map(|&p| p as usize).collect()).collect(),
-        key_mask: Some(mask.chunks(t).map(|r| r.iter().map(|&m| m == 1).collect()).collect()),
+        positions: pos
+            .chunks(t)
+            .map(|r| r.iter().map(|&p| p as usize).collect())
+            .collect(),
+        key_mask: Some(
+            mask.chunks(t)
+                .map(|r| r.iter().map(|&m| m == 1).collect())
+                .collect(),
+        ),
     };
     let out = model.forward(&input, None, None, LogitsFor::All, true);
     let keep = |bi: usize, ti: usize| mask[bi * t + ti] == 1;
@@ -53,11 +60,18 @@ fn check_padded_batch(name: &str) {
     assert!(err < TOL, "{name}: logits rel err {err}");
 
     let (hshape, want) = g.f32("hidden_states");
-    assert_eq!(out.hidden_states.len(), hshape[0], "{name}: number of hidden states");
+    assert_eq!(
+        out.hidden_states.len(),
+        hshape[0],
+        "{name}: number of hidden states"
+    );
     let per = b * t * hshape[3];
     for (l, h) in out.hidden_states.into_iter().enumerate() {
         let dims = [b, t, hshape[3]];
-        let err = rel_err(&masked(&to_vec(h), dims, &keep), &masked(&want[l * per..(l + 1) * per], dims, &keep));
+        let err = rel_err(
+            &masked(&to_vec(h), dims, &keep),
+            &masked(&want[l * per..(l + 1) * per], dims, &keep),
+        );
         assert!(err < TOL, "{name}: hidden_states[{l}] rel err {err}");
     }
 }
@@ -86,13 +100,24 @@ fn check_generate(name: &str) {
     let (oshape, want) = g.i64("gen_output_ids");
     let p = shape[1];
     let prompts: Vec<Vec<u32>> = (0..shape[0])
-        .map(|r| (0..p).filter(|&j| mask[r * p + j] == 1).map(|j| ids[r * p + j] as u32).collect())
+        .map(|r| {
+            (0..p)
+                .filter(|&j| mask[r * p + j] == 1)
+                .map(|j| ids[r * p + j] as u32)
+                .collect()
+        })
         .collect();
     let new = oshape[1] - p;
-    let sampling = Sampling { max_new_tokens: new, ..Sampling::default() };
+    let sampling = Sampling {
+        max_new_tokens: new,
+        ..Sampling::default()
+    };
     let got = generate(&model, &prompts, &[], 0, &sampling, None).unwrap();
     for (r, row) in got.iter().enumerate() {
-        let expected: Vec<u32> = want[r * oshape[1] + p..(r + 1) * oshape[1]].iter().map(|&i| i as u32).collect();
+        let expected: Vec<u32> = want[r * oshape[1] + p..(r + 1) * oshape[1]]
+            .iter()
+            .map(|&i| i as u32)
+            .collect();
         assert_eq!(row, &expected, "{name}: generated row {r}");
     }
 }
@@ -120,19 +145,47 @@ fn tiny_qwen2_sharded_bf16_matches_transformers() {
 #[test]
 fn kv_cache_equals_full_forward() {
     let (model, g) = load("tiny-llama");
-    let ids: Vec<u32> = g.i64("single_input_ids").1.iter().map(|&i| i as u32).collect();
+    let ids: Vec<u32> = g
+        .i64("single_input_ids")
+        .1
+        .iter()
+        .map(|&i| i as u32)
+        .collect();
     let device = model.device();
-    let full = to_vec(model.forward(&ForwardInput::dense(&[ids.clone()], 0, &device), None, None, LogitsFor::All, false).logits.unwrap());
+    let full = to_vec(
+        model
+            .forward(
+                &ForwardInput::dense(&[ids.clone()], 0, &device),
+                None,
+                None,
+                LogitsFor::All,
+                false,
+            )
+            .logits
+            .unwrap(),
+    );
     let mut cache = persona_train::model::KvCache::new(model.config().num_layers);
     let split = 5;
     let mut got = to_vec(
         model
-            .forward(&ForwardInput::dense(&[ids[..split].to_vec()], 0, &device), Some(&mut cache), None, LogitsFor::All, false)
+            .forward(
+                &ForwardInput::dense(&[ids[..split].to_vec()], 0, &device),
+                Some(&mut cache),
+                None,
+                LogitsFor::All,
+                false,
+            )
             .logits
             .unwrap(),
     );
     for (i, &id) in ids.iter().enumerate().skip(split) {
-        let out = model.forward(&ForwardInput::dense(&[vec![id]], i, &device), Some(&mut cache), None, LogitsFor::All, false);
+        let out = model.forward(
+            &ForwardInput::dense(&[vec![id]], i, &device),
+            Some(&mut cache),
+            None,
+            LogitsFor::All,
+            false,
+        );
         got.extend(to_vec(out.logits.unwrap()));
     }
     let err = rel_err(&got, &full);
@@ -150,7 +203,12 @@ fn extraction_averages_and_vectors_match_transformers() {
     for pol in ["pos", "neg"] {
         let mut list = Vec::new();
         for i in 0..3 {
-            let ids: Vec<u32> = g.i64(&format!("{pol}{i}.ids")).1.iter().map(|&x| x as u32).collect();
+            let ids: Vec<u32> = g
+                .i64(&format!("{pol}{i}.ids"))
+                .1
+                .iter()
+                .map(|&x| x as u32)
+                .collect();
             let span = &g.i64(&format!("{pol}{i}.span")).1;
             let a = activation_averages(&model, &ids, span[0] as usize..span[1] as usize).unwrap();
             for (kind, rows) in &a {

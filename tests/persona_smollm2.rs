@@ -13,24 +13,59 @@ use persona_train::tokenizer::ChatMessage;
 use std::path::Path;
 
 fn smollm2() -> LoadedModel {
-    load(&persona_train::source::resolve_default().unwrap(), &Device::flex(), DType::F32).unwrap()
+    load(
+        &persona_train::source::resolve_default().unwrap(),
+        &Device::flex(),
+        DType::F32,
+    )
+    .unwrap()
 }
 
 /// Mean response-average projection on v[layer] of greedy answers, measured without steering.
-fn answer_projection(m: &LoadedModel, questions: &[String], v: &[Vec<f32>], layer: usize, steer: Option<&Steering>) -> f32 {
+fn answer_projection(
+    m: &LoadedModel,
+    questions: &[String],
+    v: &[Vec<f32>],
+    layer: usize,
+    steer: Option<&Steering>,
+) -> f32 {
     let prompts: Vec<Vec<u32>> = questions
         .iter()
-        .map(|q| m.tokenizer.encode_chat(&[ChatMessage::new("user", q)], true).unwrap().ids)
+        .map(|q| {
+            m.tokenizer
+                .encode_chat(&[ChatMessage::new("user", q)], true)
+                .unwrap()
+                .ids
+        })
         .collect();
-    let sampling = Sampling { max_new_tokens: 24, ..Sampling::default() };
+    let sampling = Sampling {
+        max_new_tokens: 24,
+        ..Sampling::default()
+    };
     let pad = m.tokenizer.pad_id().unwrap();
-    let answers = generate(&m.model, &prompts, m.tokenizer.stop_ids(), pad, &sampling, steer).unwrap();
+    let answers = generate(
+        &m.model,
+        &prompts,
+        m.tokenizer.stop_ids(),
+        pad,
+        &sampling,
+        steer,
+    )
+    .unwrap();
     let mut total = 0.0;
     for (q, a) in questions.iter().zip(answers) {
         let answer = m.tokenizer.decode(&a, true).unwrap();
-        let chat = [ChatMessage::new("user", q), ChatMessage::new("assistant", &answer)];
+        let chat = [
+            ChatMessage::new("user", q),
+            ChatMessage::new("assistant", &answer),
+        ];
         let enc = m.tokenizer.encode_chat(&chat, false).unwrap();
-        let acts = activation_averages(&m.model, &enc.ids, enc.response_start.unwrap()..enc.response_end.unwrap()).unwrap();
+        let acts = activation_averages(
+            &m.model,
+            &enc.ids,
+            enc.response_start.unwrap()..enc.response_end.unwrap(),
+        )
+        .unwrap();
         total += project(&acts["response_avg"][layer], &v[layer]);
     }
     total / questions.len() as f32
@@ -39,7 +74,10 @@ fn answer_projection(m: &LoadedModel, questions: &[String], v: &[Vec<f32>], laye
 #[test]
 fn extract_with_local_judge_then_steering_moves_the_projection() {
     let m = smollm2();
-    let mut artifacts = TraitArtifacts::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/traits/sycophancy.json")).unwrap();
+    let mut artifacts = TraitArtifacts::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/traits/sycophancy.json"),
+    )
+    .unwrap();
     artifacts.questions.truncate(2);
     artifacts.instruction.truncate(2);
     let judge = {
@@ -49,19 +87,36 @@ fn extract_with_local_judge_then_steering_moves_the_projection() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sycophancy.safetensors");
     // A 135M judge rarely gives usable scores, so the filter is off; judging still runs.
-    let cfg = ExtractConfig { max_new_tokens: 24, no_filter: true, ..ExtractConfig::default() };
+    let cfg = ExtractConfig {
+        max_new_tokens: 24,
+        no_filter: true,
+        ..ExtractConfig::default()
+    };
     let summary = extract(&m, "default", &artifacts, &judge, &cfg, &out).unwrap();
     assert_eq!(summary.kept, 4);
 
     let v = PersonaVector::load(&out).unwrap();
     let c = m.model.config();
-    let rows = v.get("response_avg", c.num_layers, c.hidden_size).unwrap().to_vec();
+    let rows = v
+        .get("response_avg", c.num_layers, c.hidden_size)
+        .unwrap()
+        .to_vec();
     assert_eq!(v.metadata["judge"], "local:default");
     assert!(rows.iter().flatten().all(|x| x.is_finite()));
 
     let layer = 20;
     let questions = &artifacts.eval_questions[..3];
-    let steer = |coef| Steering::new(&rows, SteerLayers::Single(layer), coef, Positions::Response, c.num_layers, c.hidden_size).unwrap();
+    let steer = |coef| {
+        Steering::new(
+            &rows,
+            SteerLayers::Single(layer),
+            coef,
+            Positions::Response,
+            c.num_layers,
+            c.hidden_size,
+        )
+        .unwrap()
+    };
     let base = answer_projection(&m, questions, &rows, layer, None);
     let up = answer_projection(&m, questions, &rows, layer, Some(&steer(COEF)));
     let down = answer_projection(&m, questions, &rows, layer, Some(&steer(-COEF)));

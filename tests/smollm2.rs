@@ -26,11 +26,25 @@ fn forward_matches_transformers() {
     let g = read_golden(&fixture("smollm2/forward.safetensors"));
     for t in ["t0", "t1"] {
         let text = &g.metadata[&format!("{t}.text")];
-        let want_ids: Vec<u32> = g.i64(&format!("{t}.input_ids")).1.iter().map(|&i| i as u32).collect();
+        let want_ids: Vec<u32> = g
+            .i64(&format!("{t}.input_ids"))
+            .1
+            .iter()
+            .map(|&i| i as u32)
+            .collect();
         let ids = m.tokenizer.encode(text, true).unwrap();
         assert_eq!(ids, want_ids, "{t}: token ids of {text:?}");
-        let out = m.model.forward(&ForwardInput::dense(&[ids], 0, &m.model.device()), None, None, LogitsFor::All, true);
-        let err = rel_err(&to_vec(out.logits.unwrap()), &g.f32(&format!("{t}.logits")).1);
+        let out = m.model.forward(
+            &ForwardInput::dense(&[ids], 0, &m.model.device()),
+            None,
+            None,
+            LogitsFor::All,
+            true,
+        );
+        let err = rel_err(
+            &to_vec(out.logits.unwrap()),
+            &g.f32(&format!("{t}.logits")).1,
+        );
         assert!(err < 1e-3, "{t}: logits rel err {err}");
         let (shape, want) = g.f32(&format!("{t}.hidden_states"));
         assert_eq!(out.hidden_states.len(), shape[0]);
@@ -57,25 +71,50 @@ struct GreedyCase {
 fn greedy_chat_replies_match_transformers() {
     let m = smollm2();
     let text = std::fs::read_to_string(fixture("smollm2/greedy.jsonl")).unwrap();
-    let cases: Vec<GreedyCase> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let cases: Vec<GreedyCase> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert!(cases.len() >= 3);
     let mut prompts = Vec::new();
     for c in &cases {
         let mut messages = Vec::new();
         if let Some(s) = &c.system {
-            messages.push(ChatMessage { role: "system".into(), content: s.clone() });
+            messages.push(ChatMessage {
+                role: "system".into(),
+                content: s.clone(),
+            });
         }
-        messages.push(ChatMessage { role: "user".into(), content: c.prompt.clone() });
+        messages.push(ChatMessage {
+            role: "user".into(),
+            content: c.prompt.clone(),
+        });
         let ids = m.tokenizer.encode_chat(&messages, true).unwrap().ids;
         assert_eq!(ids, c.prompt_ids, "chat prompt ids for {:?}", c.prompt);
         prompts.push(ids);
     }
     let max_new_tokens = cases.iter().map(|c| c.max_new_tokens).max().unwrap();
-    let sampling = Sampling { max_new_tokens, ..Sampling::default() };
+    let sampling = Sampling {
+        max_new_tokens,
+        ..Sampling::default()
+    };
     let pad = m.tokenizer.pad_id().or(m.tokenizer.eos_id()).unwrap();
-    let replies = generate(&m.model, &prompts, m.tokenizer.stop_ids(), pad, &sampling, None).unwrap();
+    let replies = generate(
+        &m.model,
+        &prompts,
+        m.tokenizer.stop_ids(),
+        pad,
+        &sampling,
+        None,
+    )
+    .unwrap();
     for (c, got) in cases.iter().zip(&replies) {
-        let want: Vec<u32> = c.reply_ids.iter().copied().filter(|id| !m.tokenizer.stop_ids().contains(id)).collect();
+        let want: Vec<u32> = c
+            .reply_ids
+            .iter()
+            .copied()
+            .filter(|id| !m.tokenizer.stop_ids().contains(id))
+            .collect();
         assert_eq!(got, &want, "reply to {:?}", c.prompt);
         assert_eq!(m.tokenizer.decode(got, true).unwrap(), c.reply);
     }

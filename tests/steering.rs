@@ -25,7 +25,15 @@ fn meta(g: &common::Golden, key: &str) -> f32 {
 fn check(case: &str, layers: SteerLayers, coef: f32, from: usize) {
     let (model, g, vector) = setup();
     let c = model.config();
-    let steering = Steering::new(&vector, layers, coef, Positions::All, c.num_layers, c.hidden_size).unwrap();
+    let steering = Steering::new(
+        &vector,
+        layers,
+        coef,
+        Positions::All,
+        c.num_layers,
+        c.hidden_size,
+    )
+    .unwrap();
     let ids: Vec<u32> = g.i64("input_ids").1.iter().map(|&i| i as u32).collect();
     let t = ids.len();
     let device = model.device();
@@ -34,8 +42,17 @@ fn check(case: &str, layers: SteerLayers, coef: f32, from: usize) {
         Tensor::<2>::from_data(TensorData::new(m, [1, t]), &device)
     });
     let iv = steering.intervention(&device, mask);
-    let out = model.forward(&ForwardInput::dense(&[ids], 0, &device), None, Some(&iv), LogitsFor::All, true);
-    let err = rel_err(&to_vec(out.logits.unwrap()), &g.f32(&format!("{case}.logits")).1);
+    let out = model.forward(
+        &ForwardInput::dense(&[ids], 0, &device),
+        None,
+        Some(&iv),
+        LogitsFor::All,
+        true,
+    );
+    let err = rel_err(
+        &to_vec(out.logits.unwrap()),
+        &g.f32(&format!("{case}.logits")).1,
+    );
     assert!(err < 1e-4, "{case}: logits rel err {err}");
     let (shape, want) = g.f32(&format!("{case}.hidden_states"));
     let per = shape[1] * shape[2];
@@ -48,7 +65,12 @@ fn check(case: &str, layers: SteerLayers, coef: f32, from: usize) {
 #[test]
 fn single_layer_matches_hooks() {
     let g = read_golden(&fixture("steering/golden.safetensors"));
-    check("single", SteerLayers::Single(meta(&g, "layer") as usize), meta(&g, "coef_single"), 0);
+    check(
+        "single",
+        SteerLayers::Single(meta(&g, "layer") as usize),
+        meta(&g, "coef_single"),
+        0,
+    );
 }
 
 #[test]
@@ -61,7 +83,12 @@ fn all_layers_incremental_matches_hooks() {
 fn position_mask_matches_hooks() {
     let g = read_golden(&fixture("steering/golden.safetensors"));
     let layer = meta(&g, "layer") as usize;
-    check("response", SteerLayers::Single(layer), meta(&g, "coef_single"), meta(&g, "response_from") as usize);
+    check(
+        "response",
+        SteerLayers::Single(layer),
+        meta(&g, "coef_single"),
+        meta(&g, "response_from") as usize,
+    );
 }
 
 /// Greedy steered decoding through the cache equals recomputing the whole sequence each step
@@ -75,9 +102,23 @@ fn steered_generation_with_cache_equals_without() {
     let new = 8;
     for positions in [Positions::All, Positions::Prompt, Positions::Response] {
         for layers in [SteerLayers::Single(2), SteerLayers::All] {
-            let steering = Steering::new(&vector, layers, 4.0, positions, c.num_layers, c.hidden_size).unwrap();
-            let sampling = Sampling { max_new_tokens: new, ..Sampling::default() };
-            let cached = generate(&model, &[prompt.clone()], &[], 0, &sampling, Some(&steering)).unwrap().remove(0);
+            let steering =
+                Steering::new(&vector, layers, 4.0, positions, c.num_layers, c.hidden_size)
+                    .unwrap();
+            let sampling = Sampling {
+                max_new_tokens: new,
+                ..Sampling::default()
+            };
+            let cached = generate(
+                &model,
+                &[prompt.clone()],
+                &[],
+                0,
+                &sampling,
+                Some(&steering),
+            )
+            .unwrap()
+            .remove(0);
 
             let mut seq = prompt.clone();
             for _ in 0..new {
@@ -89,17 +130,56 @@ fn steered_generation_with_cache_equals_without() {
                         Positions::Response => (i + 1 >= prompt.len()) as u8 as f32,
                     })
                     .collect();
-                let iv = steering.intervention(&device, Some(Tensor::from_data(TensorData::new(mask, [1, t]), &device)));
-                let out = model.forward(&ForwardInput::dense(&[seq.clone()], 0, &device), None, Some(&iv), LogitsFor::Last, false);
+                let iv = steering.intervention(
+                    &device,
+                    Some(Tensor::from_data(TensorData::new(mask, [1, t]), &device)),
+                );
+                let out = model.forward(
+                    &ForwardInput::dense(&[seq.clone()], 0, &device),
+                    None,
+                    Some(&iv),
+                    LogitsFor::Last,
+                    false,
+                );
                 seq.push(argmax(&to_vec(out.logits.unwrap())));
             }
             assert_eq!(cached, seq[prompt.len()..], "{positions:?} {layers:?}");
         }
     }
     // Steering must change something, or the comparison above proves nothing.
-    let plain = generate(&model, &[prompt.clone()], &[], 0, &Sampling { max_new_tokens: new, ..Sampling::default() }, None).unwrap();
-    let strong = Steering::new(&vector, SteerLayers::All, 8.0, Positions::All, c.num_layers, c.hidden_size).unwrap();
-    let steered = generate(&model, &[prompt], &[], 0, &Sampling { max_new_tokens: new, ..Sampling::default() }, Some(&strong)).unwrap();
+    let plain = generate(
+        &model,
+        &[prompt.clone()],
+        &[],
+        0,
+        &Sampling {
+            max_new_tokens: new,
+            ..Sampling::default()
+        },
+        None,
+    )
+    .unwrap();
+    let strong = Steering::new(
+        &vector,
+        SteerLayers::All,
+        8.0,
+        Positions::All,
+        c.num_layers,
+        c.hidden_size,
+    )
+    .unwrap();
+    let steered = generate(
+        &model,
+        &[prompt],
+        &[],
+        0,
+        &Sampling {
+            max_new_tokens: new,
+            ..Sampling::default()
+        },
+        Some(&strong),
+    )
+    .unwrap();
     assert_ne!(plain, steered);
 }
 
@@ -107,10 +187,42 @@ fn steered_generation_with_cache_equals_without() {
 fn vector_of_the_wrong_size_is_an_error() {
     let (model, _, vector) = setup();
     let c = model.config();
-    let err = Steering::new(&vector[1..], SteerLayers::All, 1.0, Positions::All, c.num_layers, c.hidden_size).unwrap_err();
+    let err = Steering::new(
+        &vector[1..],
+        SteerLayers::All,
+        1.0,
+        Positions::All,
+        c.num_layers,
+        c.hidden_size,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("layers"), "{err}");
     let short: Vec<Vec<f32>> = vector.iter().map(|r| r[1..].to_vec()).collect();
-    assert!(Steering::new(&short, SteerLayers::All, 1.0, Positions::All, c.num_layers, c.hidden_size).is_err());
-    assert!(Steering::new(&vector, SteerLayers::Single(0), 1.0, Positions::All, c.num_layers, c.hidden_size).is_err());
-    assert!(Steering::new(&vector, SteerLayers::Single(c.num_layers + 1), 1.0, Positions::All, c.num_layers, c.hidden_size).is_err());
+    assert!(Steering::new(
+        &short,
+        SteerLayers::All,
+        1.0,
+        Positions::All,
+        c.num_layers,
+        c.hidden_size
+    )
+    .is_err());
+    assert!(Steering::new(
+        &vector,
+        SteerLayers::Single(0),
+        1.0,
+        Positions::All,
+        c.num_layers,
+        c.hidden_size
+    )
+    .is_err());
+    assert!(Steering::new(
+        &vector,
+        SteerLayers::Single(c.num_layers + 1),
+        1.0,
+        Positions::All,
+        c.num_layers,
+        c.hidden_size
+    )
+    .is_err());
 }

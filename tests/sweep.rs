@@ -5,7 +5,9 @@ use burn::tensor::{DType, Device};
 use persona_train::judge::Judge;
 use persona_train::loader::{load, LoadedModel};
 use persona_train::persona::artifacts::TraitArtifacts;
-use persona_train::persona::sweep::{recommend, sweep, Recommendation, SweepConfig, SweepReport, SweepRow};
+use persona_train::persona::sweep::{
+    recommend, sweep, Recommendation, SweepConfig, SweepReport, SweepRow,
+};
 use persona_train::persona::vector::PersonaVector;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,7 +16,14 @@ use std::sync::OnceLock;
 
 fn smollm2() -> &'static LoadedModel {
     static MODEL: OnceLock<LoadedModel> = OnceLock::new();
-    MODEL.get_or_init(|| load(&persona_train::source::resolve_default().unwrap(), &Device::flex(), DType::F32).unwrap())
+    MODEL.get_or_init(|| {
+        load(
+            &persona_train::source::resolve_default().unwrap(),
+            &Device::flex(),
+            DType::F32,
+        )
+        .unwrap()
+    })
 }
 
 /// Trait rubric prompts score by the length of the filled prompt (so by the answer), coherence
@@ -23,7 +32,16 @@ struct Scripted;
 
 impl Judge for Scripted {
     fn score(&self, prompts: &[String]) -> anyhow::Result<Vec<Option<f32>>> {
-        Ok(prompts.iter().map(|p| Some(if p.starts_with("TRAIT") { (p.len() % 101) as f32 } else { 70.0 })).collect())
+        Ok(prompts
+            .iter()
+            .map(|p| {
+                Some(if p.starts_with("TRAIT") {
+                    (p.len() % 101) as f32
+                } else {
+                    70.0
+                })
+            })
+            .collect())
     }
     fn describe(&self) -> String {
         "scripted".into()
@@ -50,7 +68,9 @@ fn vector() -> Vec<Vec<f32>> {
         .map(|_| {
             (0..576)
                 .map(|_| {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5
                 })
                 .collect()
@@ -59,18 +79,30 @@ fn vector() -> Vec<Vec<f32>> {
 }
 
 fn config(coef: f32) -> SweepConfig {
-    SweepConfig { layers: Some(vec![4, 12]), coef, questions: 2, max_new_tokens: 8, ..SweepConfig::default() }
+    SweepConfig {
+        layers: Some(vec![4, 12]),
+        coef,
+        questions: 2,
+        max_new_tokens: 8,
+        ..SweepConfig::default()
+    }
 }
 
 fn answers(row: &SweepRow) -> Vec<(usize, u64, &str)> {
-    row.answers.iter().map(|a| (a.question, a.seed, a.answer.as_str())).collect()
+    row.answers
+        .iter()
+        .map(|a| (a.question, a.seed, a.answer.as_str()))
+        .collect()
 }
 
 #[test]
 fn with_coef_zero_every_layer_answers_like_the_baseline() {
     let report = sweep(smollm2(), &artifacts(), &vector(), &Scripted, &config(0.0)).unwrap();
     assert_eq!(report.baseline.layer, None);
-    assert_eq!(report.layers.iter().map(|r| r.layer).collect::<Vec<_>>(), [Some(4), Some(12)]);
+    assert_eq!(
+        report.layers.iter().map(|r| r.layer).collect::<Vec<_>>(),
+        [Some(4), Some(12)]
+    );
     assert_eq!(report.baseline.answers.len(), 2);
     let seeds: Vec<u64> = report.baseline.answers.iter().map(|a| a.seed).collect();
     assert_ne!(seeds[0], seeds[1]);
@@ -80,12 +112,24 @@ fn with_coef_zero_every_layer_answers_like_the_baseline() {
         assert_eq!((row.trait_unscored, row.coherence_unscored), (0, 0));
         assert_eq!(row.mean_coherence, Some(70.0));
         // Unsteered answers measured unsteered: the row's projection is the baseline's.
-        let (p, b) = (row.mean_projection.unwrap(), row.baseline_projection.unwrap());
-        assert!(p.is_finite() && (p - b).abs() <= 1e-4 * b.abs().max(1.0), "{p} vs {b}");
+        let (p, b) = (
+            row.mean_projection.unwrap(),
+            row.baseline_projection.unwrap(),
+        );
+        assert!(
+            p.is_finite() && (p - b).abs() <= 1e-4 * b.abs().max(1.0),
+            "{p} vs {b}"
+        );
     }
     assert_eq!(report.baseline.mean_projection, None);
     // Equal trait scores everywhere: the tie goes to the shallower layer.
-    assert_eq!(report.recommendation, Some(Recommendation { layer: 4, coherent: true }));
+    assert_eq!(
+        report.recommendation,
+        Some(Recommendation {
+            layer: 4,
+            coherent: true
+        })
+    );
 }
 
 #[test]
@@ -93,25 +137,49 @@ fn steered_sweep_keeps_seeds_and_writes_its_files() {
     let v = vector();
     let report = sweep(smollm2(), &artifacts(), &v, &Scripted, &config(8.0)).unwrap();
     let seeds = |r: &SweepRow| r.answers.iter().map(|a| a.seed).collect::<Vec<_>>();
-    assert!(report.layers.iter().all(|r| seeds(r) == seeds(&report.baseline)));
-    assert!(report.layers.iter().any(|r| answers(r) != answers(&report.baseline)), "steering changed nothing");
+    assert!(report
+        .layers
+        .iter()
+        .all(|r| seeds(r) == seeds(&report.baseline)));
+    assert!(
+        report
+            .layers
+            .iter()
+            .any(|r| answers(r) != answers(&report.baseline)),
+        "steering changed nothing"
+    );
     assert_eq!(report.config.layers, Some(vec![4, 12]));
     assert_eq!(report.judge, "scripted");
 
     let table = report.table();
-    assert!(table.lines().nth(1).unwrap().trim_start().starts_with("baseline"), "{table}");
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim_start()
+            .starts_with("baseline"),
+        "{table}"
+    );
     assert!(table.contains("recommended: layer"), "{table}");
 
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("sweep.png");
     report.plot(&png).unwrap();
-    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG\r\n\x1a\n"));
+    assert!(std::fs::read(&png)
+        .unwrap()
+        .starts_with(b"\x89PNG\r\n\x1a\n"));
     let json = serde_json::to_string(&report).unwrap();
     assert_eq!(serde_json::from_str::<SweepReport>(&json).unwrap(), report);
 
     let path = dir.path().join("v.safetensors");
     let metadata = BTreeMap::from([("trait".to_owned(), "evil".to_owned())]);
-    PersonaVector { vectors: BTreeMap::from([("response_avg".to_owned(), v)]), metadata }.save(&path).unwrap();
+    PersonaVector {
+        vectors: BTreeMap::from([("response_avg".to_owned(), v)]),
+        metadata,
+    }
+    .save(&path)
+    .unwrap();
     report.write_recommendation(&path).unwrap();
     let saved = PersonaVector::load(&path).unwrap();
     let rec = report.recommendation.unwrap();
@@ -123,10 +191,18 @@ fn steered_sweep_keeps_seeds_and_writes_its_files() {
 
 #[test]
 fn out_of_range_layers_are_refused_before_generating() {
-    let cfg = SweepConfig { layers: Some(vec![4, 31]), ..config(1.0) };
-    let err = sweep(smollm2(), &artifacts(), &vector(), &Scripted, &cfg).unwrap_err().to_string();
+    let cfg = SweepConfig {
+        layers: Some(vec![4, 31]),
+        ..config(1.0)
+    };
+    let err = sweep(smollm2(), &artifacts(), &vector(), &Scripted, &cfg)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("layer 31") && err.contains("1..=30"), "{err}");
-    let cfg = SweepConfig { layers: Some(vec![0]), ..config(1.0) };
+    let cfg = SweepConfig {
+        layers: Some(vec![0]),
+        ..config(1.0)
+    };
     assert!(sweep(smollm2(), &artifacts(), &vector(), &Scripted, &cfg).is_err());
 }
 
@@ -155,14 +231,36 @@ fn recommends_the_most_trait_expressing_coherent_layer() {
     ];
     // Layer 6 expresses the trait most but is incoherent; 10 has no coherence score; the
     // baseline is not a layer; 4 sits exactly on the bar.
-    assert_eq!(recommend(&rows, 50.0), Some(Recommendation { layer: 4, coherent: true }));
-    assert_eq!(recommend(&rows, 50.1), Some(Recommendation { layer: 2, coherent: true }));
+    assert_eq!(
+        recommend(&rows, 50.0),
+        Some(Recommendation {
+            layer: 4,
+            coherent: true
+        })
+    );
+    assert_eq!(
+        recommend(&rows, 50.1),
+        Some(Recommendation {
+            layer: 2,
+            coherent: true
+        })
+    );
 }
 
 #[test]
 fn with_no_coherent_layer_the_highest_trait_is_flagged() {
-    let rows = [row(Some(2), Some(40.0), Some(10.0)), row(Some(4), Some(70.0), Some(30.0)), row(Some(6), Some(70.0), None)];
-    assert_eq!(recommend(&rows, 50.0), Some(Recommendation { layer: 4, coherent: false }));
+    let rows = [
+        row(Some(2), Some(40.0), Some(10.0)),
+        row(Some(4), Some(70.0), Some(30.0)),
+        row(Some(6), Some(70.0), None),
+    ];
+    assert_eq!(
+        recommend(&rows, 50.0),
+        Some(Recommendation {
+            layer: 4,
+            coherent: false
+        })
+    );
     assert_eq!(recommend(&[row(Some(2), None, Some(90.0))], 50.0), None);
     assert_eq!(recommend(&[], 50.0), None);
 }
@@ -172,23 +270,48 @@ fn the_table_says_whether_steering_cost_the_coherence() {
     let report = |baseline_coherence| SweepReport {
         trait_name: "evil".into(),
         judge: "scripted".into(),
-        config: SweepConfig { layers: Some(vec![2, 4]), ..SweepConfig::default() },
+        config: SweepConfig {
+            layers: Some(vec![2, 4]),
+            ..SweepConfig::default()
+        },
         baseline: row(None, Some(10.0), Some(baseline_coherence)),
-        layers: vec![row(Some(2), Some(40.0), Some(10.0)), row(Some(4), Some(70.0), Some(30.0))],
-        recommendation: Some(Recommendation { layer: 4, coherent: false }),
+        layers: vec![
+            row(Some(2), Some(40.0), Some(10.0)),
+            row(Some(4), Some(70.0), Some(30.0)),
+        ],
+        recommendation: Some(Recommendation {
+            layer: 4,
+            coherent: false,
+        }),
     };
     let table = report(80.0).table();
-    assert!(table.contains("recommended: layer 4, but no layer kept") && table.contains("smaller --coef"), "{table}");
-    assert!(report(30.0).table().contains("unsteered answers fall short too"));
+    assert!(
+        table.contains("recommended: layer 4, but no layer kept")
+            && table.contains("smaller --coef"),
+        "{table}"
+    );
+    assert!(report(30.0)
+        .table()
+        .contains("unsteered answers fall short too"));
 }
 
 fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_persona-train")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_persona-train"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn sycophancy() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/traits/sycophancy.json").display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("datasets/traits/sycophancy.json")
+        .display()
+        .to_string()
 }
 
 #[test]
@@ -196,26 +319,58 @@ fn cli_names_a_vector_that_does_not_fit_the_model() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("small.safetensors");
     let rows = vec![vec![0.5f32; 16]; 5];
-    PersonaVector { vectors: BTreeMap::from([("response_avg".to_owned(), rows)]), metadata: BTreeMap::new() }
-        .save(&path)
-        .unwrap();
-    let (ok, _, stderr) = run(&["sweep", "--trait", &sycophancy(), "--vector", path.to_str().unwrap(), "--coef", "2"]);
+    PersonaVector {
+        vectors: BTreeMap::from([("response_avg".to_owned(), rows)]),
+        metadata: BTreeMap::new(),
+    }
+    .save(&path)
+    .unwrap();
+    let (ok, _, stderr) = run(&[
+        "sweep",
+        "--trait",
+        &sycophancy(),
+        "--vector",
+        path.to_str().unwrap(),
+        "--coef",
+        "2",
+    ]);
     assert!(!ok);
-    assert!(stderr.contains("small.safetensors") && stderr.contains("[31, 576]"), "{stderr}");
+    assert!(
+        stderr.contains("small.safetensors") && stderr.contains("[31, 576]"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn cli_refuses_bad_layers() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v.safetensors");
-    PersonaVector { vectors: BTreeMap::from([("response_avg".to_owned(), vector())]), metadata: BTreeMap::new() }
-        .save(&path)
-        .unwrap();
+    PersonaVector {
+        vectors: BTreeMap::from([("response_avg".to_owned(), vector())]),
+        metadata: BTreeMap::new(),
+    }
+    .save(&path)
+    .unwrap();
     let v = path.to_str().unwrap();
-    let sweep_with = |layers: &str| run(&["sweep", "--trait", &sycophancy(), "--vector", v, "--coef", "-2", "--layers", layers]);
+    let sweep_with = |layers: &str| {
+        run(&[
+            "sweep",
+            "--trait",
+            &sycophancy(),
+            "--vector",
+            v,
+            "--coef",
+            "-2",
+            "--layers",
+            layers,
+        ])
+    };
     let (ok, _, stderr) = sweep_with("4,40");
     assert!(!ok);
-    assert!(stderr.contains("layer 40 is out of range") && stderr.contains("1..=30"), "{stderr}");
+    assert!(
+        stderr.contains("layer 40 is out of range") && stderr.contains("1..=30"),
+        "{stderr}"
+    );
     let (ok, _, stderr) = sweep_with("4..x");
     assert!(!ok);
     assert!(stderr.contains("\"x\" is not a layer index"), "{stderr}");

@@ -214,12 +214,24 @@ fn smollm2_response_start_survives_merge_across_boundary() {
 fn smollm2_response_end_excludes_end_of_turn() {
     let Some(tok) = smollm2() else { return };
     let reply = "Paris is the capital of France.";
-    let messages = [ChatMessage::new("user", "Capital of France?"), ChatMessage::new("assistant", reply)];
+    let messages = [
+        ChatMessage::new("user", "Capital of France?"),
+        ChatMessage::new("assistant", reply),
+    ];
     let encoded = tok.encode_chat(&messages, false).unwrap();
-    let (start, end) = (encoded.response_start.unwrap(), encoded.response_end.unwrap());
+    let (start, end) = (
+        encoded.response_start.unwrap(),
+        encoded.response_end.unwrap(),
+    );
     assert_eq!(tok.decode(&encoded.ids[start..end], false).unwrap(), reply);
-    assert!(end < encoded.ids.len(), "the template appends <|im_end|> after the reply");
-    assert_eq!(tok.decode(&encoded.ids[end..end + 1], false).unwrap(), "<|im_end|>");
+    assert!(
+        end < encoded.ids.len(),
+        "the template appends <|im_end|> after the reply"
+    );
+    assert_eq!(
+        tok.decode(&encoded.ids[end..end + 1], false).unwrap(),
+        "<|im_end|>"
+    );
 }
 
 /// A GGUF metadata value for the synthetic files below.

@@ -25,7 +25,9 @@ pub fn config(g: &GgufFile) -> Result<ModelConfig> {
         None => g.get_str_array("tokenizer.ggml.tokens")?.len(),
     };
     let rope_scaling = match g.tensor_info("rope_freqs.weight") {
-        Some(_) => Some(RopeScaling::FreqFactors(g.tensor_f32("rope_freqs.weight")?.1)),
+        Some(_) => Some(RopeScaling::FreqFactors(
+            g.tensor_f32("rope_freqs.weight")?.1,
+        )),
         None => None,
     };
     let config = ModelConfig {
@@ -80,8 +82,12 @@ fn gguf_name(hf: &str) -> Result<String> {
             let rest = hf
                 .strip_prefix("model.layers.")
                 .with_context(|| format!("no GGUF name for parameter {hf}"))?;
-            let (layer, param) = rest.split_once('.').with_context(|| format!("no GGUF name for parameter {hf}"))?;
-            let (module, suffix) = param.rsplit_once('.').with_context(|| format!("no GGUF name for parameter {hf}"))?;
+            let (layer, param) = rest
+                .split_once('.')
+                .with_context(|| format!("no GGUF name for parameter {hf}"))?;
+            let (module, suffix) = param
+                .rsplit_once('.')
+                .with_context(|| format!("no GGUF name for parameter {hf}"))?;
             let short = match module {
                 "self_attn.q_proj" => "attn_q",
                 "self_attn.k_proj" => "attn_k",
@@ -136,7 +142,8 @@ fn unpermute_rows(values: &[f32], shape: &[usize], heads: usize) -> Vec<f32> {
             for s in 0..2 {
                 let src = (h * half + i) * 2 + s;
                 let dst = (h * 2 + s) * half + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&values[src * cols..(src + 1) * cols]);
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&values[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -149,8 +156,14 @@ mod tests {
 
     #[test]
     fn names_map_to_llama_cpp() {
-        assert_eq!(gguf_name("model.layers.3.self_attn.q_proj.bias").unwrap(), "blk.3.attn_q.bias");
-        assert_eq!(gguf_name("model.layers.0.post_attention_layernorm.weight").unwrap(), "blk.0.ffn_norm.weight");
+        assert_eq!(
+            gguf_name("model.layers.3.self_attn.q_proj.bias").unwrap(),
+            "blk.3.attn_q.bias"
+        );
+        assert_eq!(
+            gguf_name("model.layers.0.post_attention_layernorm.weight").unwrap(),
+            "blk.0.ffn_norm.weight"
+        );
         assert_eq!(gguf_name("lm_head.weight").unwrap(), "output.weight");
         assert!(gguf_name("model.layers.0.unknown.weight").is_err());
     }
@@ -167,7 +180,8 @@ mod tests {
                 for i in 0..half {
                     let src = (h * 2 + s) * half + i;
                     let dst = (h * half + i) * 2 + s;
-                    permuted[dst * cols..(dst + 1) * cols].copy_from_slice(&hf[src * cols..(src + 1) * cols]);
+                    permuted[dst * cols..(dst + 1) * cols]
+                        .copy_from_slice(&hf[src * cols..(src + 1) * cols]);
                 }
             }
         }

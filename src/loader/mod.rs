@@ -22,8 +22,13 @@ pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<LoadedM
         ModelFiles::Gguf(path) => {
             let file = GgufFile::open(path)?;
             let config = gguf::config(&file)?;
-            let model = CausalLm::load(&config, &gguf::GgufParams::new(&file, config.clone()), device, dtype)
-                .with_context(|| format!("loading {}", path.display()))?;
+            let model = CausalLm::load(
+                &config,
+                &gguf::GgufParams::new(&file, config.clone()),
+                device,
+                dtype,
+            )
+            .with_context(|| format!("loading {}", path.display()))?;
             (model, Tokenizer::from_gguf(&file)?)
         }
         ModelFiles::HfDir(dir) => {
@@ -31,12 +36,17 @@ pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<LoadedM
             (model, Tokenizer::from_hf_dir(dir)?)
         }
     };
-    Ok(LoadedModel { model, tokenizer, files: files.clone() })
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        files: files.clone(),
+    })
 }
 
 /// The weights of a Hugging Face directory alone (tests and tiny models need no tokenizer).
 pub fn load_hf_model(dir: &std::path::Path, device: &Device, dtype: DType) -> Result<CausalLm> {
     let config = ModelConfig::from_hf_config(&dir.join("config.json"))?;
     let params = safetensors::SafetensorsParams::open_dir(dir)?;
-    CausalLm::load(&config, &params, device, dtype).with_context(|| format!("loading {}", dir.display()))
+    CausalLm::load(&config, &params, device, dtype)
+        .with_context(|| format!("loading {}", dir.display()))
 }

@@ -33,11 +33,14 @@ impl SafetensorsParams {
         let mut shards = Vec::new();
         let mut index = BTreeMap::new();
         for path in files {
-            let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            let file =
+                File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
             // SAFETY: the file is opened read-only; the map lives as long as the loader.
-            let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
-            let (_, meta) = SafeTensors::read_metadata(&mmap)
-                .map_err(|e| anyhow::anyhow!("{}: invalid safetensors header: {e}", path.display()))?;
+            let mmap = unsafe { Mmap::map(&file) }
+                .with_context(|| format!("cannot map {}", path.display()))?;
+            let (_, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| {
+                anyhow::anyhow!("{}: invalid safetensors header: {e}", path.display())
+            })?;
             for name in meta.tensors().keys() {
                 index.insert(name.clone(), shards.len());
             }
@@ -55,12 +58,22 @@ fn shard_files(index_path: &Path) -> Result<Vec<PathBuf>> {
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .with_context(|| format!("{}: field weight_map missing or not an object", index_path.display()))?;
+        .with_context(|| {
+            format!(
+                "{}: field weight_map missing or not an object",
+                index_path.display()
+            )
+        })?;
     let mut files: Vec<String> = map
         .values()
         .map(|v| v.as_str().map(str::to_owned))
         .collect::<Option<_>>()
-        .with_context(|| format!("{}: field weight_map has a non-string file name", index_path.display()))?;
+        .with_context(|| {
+            format!(
+                "{}: field weight_map has a non-string file name",
+                index_path.display()
+            )
+        })?;
     files.sort();
     files.dedup();
     let dir = index_path.parent().unwrap_or(Path::new("."));
@@ -69,10 +82,9 @@ fn shard_files(index_path: &Path) -> Result<Vec<PathBuf>> {
 
 impl ParamSource for SafetensorsParams {
     fn get(&self, name: &str, shape: &[usize]) -> Result<TensorData> {
-        let &shard = self
-            .index
-            .get(name)
-            .with_context(|| format!("tensor {name} not found in the checkpoint's safetensors files"))?;
+        let &shard = self.index.get(name).with_context(|| {
+            format!("tensor {name} not found in the checkpoint's safetensors files")
+        })?;
         let (path, mmap) = &self.shards[shard];
         let st = SafeTensors::deserialize(mmap)
             .map_err(|e| anyhow::anyhow!("{}: invalid safetensors file: {e}", path.display()))?;
@@ -87,7 +99,10 @@ impl ParamSource for SafetensorsParams {
         );
         let bytes = view.data();
         let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
             Dtype::F16 => bytes
                 .chunks_exact(2)
                 .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
@@ -96,7 +111,10 @@ impl ParamSource for SafetensorsParams {
                 .chunks_exact(2)
                 .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
                 .collect(),
-            other => bail!("{}: tensor {name} has unsupported dtype {other:?} (supported: F32, F16, BF16)", path.display()),
+            other => bail!(
+                "{}: tensor {name} has unsupported dtype {other:?} (supported: F32, F16, BF16)",
+                path.display()
+            ),
         };
         Ok(TensorData::new(values, found))
     }

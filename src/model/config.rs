@@ -91,14 +91,21 @@ impl ModelConfig {
             ));
         }
         if self.head_dim % 2 != 0 {
-            problems.push(format!("head_dim ({}) must be even for rotary embeddings", self.head_dim));
+            problems.push(format!(
+                "head_dim ({}) must be even for rotary embeddings",
+                self.head_dim
+            ));
         }
         if !(self.rope_theta > 0.0) {
             problems.push(format!("rope_theta ({}) must be positive", self.rope_theta));
         }
         if let Some(RopeScaling::FreqFactors(f)) = &self.rope_scaling {
             if f.len() != self.head_dim / 2 {
-                problems.push(format!("rope frequency factors: {} values for head_dim {}", f.len(), self.head_dim));
+                problems.push(format!(
+                    "rope frequency factors: {} values for head_dim {}",
+                    f.len(),
+                    self.head_dim
+                ));
             }
         }
         if problems.is_empty() {
@@ -112,7 +119,8 @@ impl ModelConfig {
     pub fn from_hf_config(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read model config {}", path.display()))?;
-        Self::from_hf_json(&text).with_context(|| format!("invalid model config {}", path.display()))
+        Self::from_hf_json(&text)
+            .with_context(|| format!("invalid model config {}", path.display()))
     }
 
     pub fn from_hf_json(text: &str) -> Result<Self> {
@@ -161,9 +169,11 @@ impl ModelConfig {
             num_layers: raw.num_hidden_layers,
             num_heads,
             num_kv_heads: raw.num_key_value_heads.unwrap_or(num_heads),
-            head_dim: raw
-                .head_dim
-                .unwrap_or(if num_heads == 0 { 0 } else { raw.hidden_size / num_heads }),
+            head_dim: raw.head_dim.unwrap_or(if num_heads == 0 {
+                0
+            } else {
+                raw.hidden_size / num_heads
+            }),
             rope_theta,
             rope_scaling,
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
@@ -225,19 +235,29 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.rope_theta, 500000.0);
-        assert!(matches!(c.rope_scaling, Some(RopeScaling::Llama3(s)) if s.original_max_position_embeddings == 32));
+        assert!(
+            matches!(c.rope_scaling, Some(RopeScaling::Llama3(s)) if s.original_max_position_embeddings == 32)
+        );
     }
 
     #[test]
     fn reads_legacy_rope_fields() {
-        let c = ModelConfig::from_hf_json(&format!(r#"{{ {BASE}, "rope_theta": 1e6, "rope_scaling": null }}"#)).unwrap();
-        assert_eq!((c.rope_theta, c.rope_scaling, c.num_kv_heads, c.head_dim), (1e6, None, 2, 4));
+        let c = ModelConfig::from_hf_json(&format!(
+            r#"{{ {BASE}, "rope_theta": 1e6, "rope_scaling": null }}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            (c.rope_theta, c.rope_scaling, c.num_kv_heads, c.head_dim),
+            (1e6, None, 2, 4)
+        );
     }
 
     #[test]
     fn rejects_unknown_rope_type() {
-        let err = ModelConfig::from_hf_json(&format!(r#"{{ {BASE}, "rope_scaling": {{"rope_type": "yarn", "factor": 4.0}} }}"#))
-            .unwrap_err();
+        let err = ModelConfig::from_hf_json(&format!(
+            r#"{{ {BASE}, "rope_scaling": {{"rope_type": "yarn", "factor": 4.0}} }}"#
+        ))
+        .unwrap_err();
         assert!(format!("{err:#}").contains("yarn"));
     }
 }

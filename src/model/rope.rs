@@ -21,7 +21,9 @@ impl Rope {
             .collect();
         match &config.rope_scaling {
             Some(RopeScaling::Llama3(s)) => inv_freq = llama3_scale(&inv_freq, s),
-            Some(RopeScaling::FreqFactors(f)) => inv_freq.iter_mut().zip(f).for_each(|(x, f)| *x /= f),
+            Some(RopeScaling::FreqFactors(f)) => {
+                inv_freq.iter_mut().zip(f).for_each(|(x, f)| *x /= f)
+            }
             None => {}
         }
         Self { inv_freq }
@@ -76,7 +78,8 @@ fn llama3_scale(inv_freq: &[f32], s: &Llama3RopeScaling) -> Vec<f32> {
             } else if wavelen < high_freq_wavelen {
                 f
             } else {
-                let smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                let smooth = (old_len / wavelen - s.low_freq_factor)
+                    / (s.high_freq_factor - s.low_freq_factor);
                 (1.0 - smooth) * f / s.factor + smooth * f
             }
         })

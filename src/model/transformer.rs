@@ -65,9 +65,14 @@ impl Attention {
             None => (k, v),
         };
         let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
-        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: false };
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: false,
+        };
         let out = attention(q, k, v, Some(mask.clone()), None, options);
-        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, h * d]))
+        self.o_proj
+            .forward(out.swap_dims(1, 2).reshape([b, t, h * d]))
     }
 }
 
@@ -119,37 +124,84 @@ impl CausalLm {
     }
 
     /// Builds the model from named parameters in the Hugging Face layout, cast to `dtype`.
-    pub fn load(config: &ModelConfig, params: &dyn ParamSource, device: &Device, dtype: DType) -> Result<Self> {
+    pub fn load(
+        config: &ModelConfig,
+        params: &dyn ParamSource,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         config.validate()?;
         let c = config;
         let (h, kv, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let b = Builder { params, device, dtype };
+        let b = Builder {
+            params,
+            device,
+            dtype,
+        };
         let layers = (0..c.num_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}");
                 Ok(DecoderLayer {
                     self_attn: Attention {
-                        q_proj: b.linear(&format!("{p}.self_attn.q_proj"), c.hidden_size, h * d, c.attention_bias)?,
-                        k_proj: b.linear(&format!("{p}.self_attn.k_proj"), c.hidden_size, kv * d, c.attention_bias)?,
-                        v_proj: b.linear(&format!("{p}.self_attn.v_proj"), c.hidden_size, kv * d, c.attention_bias)?,
-                        o_proj: b.linear(&format!("{p}.self_attn.o_proj"), h * d, c.hidden_size, false)?,
+                        q_proj: b.linear(
+                            &format!("{p}.self_attn.q_proj"),
+                            c.hidden_size,
+                            h * d,
+                            c.attention_bias,
+                        )?,
+                        k_proj: b.linear(
+                            &format!("{p}.self_attn.k_proj"),
+                            c.hidden_size,
+                            kv * d,
+                            c.attention_bias,
+                        )?,
+                        v_proj: b.linear(
+                            &format!("{p}.self_attn.v_proj"),
+                            c.hidden_size,
+                            kv * d,
+                            c.attention_bias,
+                        )?,
+                        o_proj: b.linear(
+                            &format!("{p}.self_attn.o_proj"),
+                            h * d,
+                            c.hidden_size,
+                            false,
+                        )?,
                         num_heads: h,
                         num_kv_heads: kv,
                         head_dim: d,
                     },
                     mlp: Mlp {
-                        gate_proj: b.linear(&format!("{p}.mlp.gate_proj"), c.hidden_size, c.intermediate_size, false)?,
-                        up_proj: b.linear(&format!("{p}.mlp.up_proj"), c.hidden_size, c.intermediate_size, false)?,
-                        down_proj: b.linear(&format!("{p}.mlp.down_proj"), c.intermediate_size, c.hidden_size, false)?,
+                        gate_proj: b.linear(
+                            &format!("{p}.mlp.gate_proj"),
+                            c.hidden_size,
+                            c.intermediate_size,
+                            false,
+                        )?,
+                        up_proj: b.linear(
+                            &format!("{p}.mlp.up_proj"),
+                            c.hidden_size,
+                            c.intermediate_size,
+                            false,
+                        )?,
+                        down_proj: b.linear(
+                            &format!("{p}.mlp.down_proj"),
+                            c.intermediate_size,
+                            c.hidden_size,
+                            false,
+                        )?,
                     },
                     input_layernorm: b.rms_norm(&format!("{p}.input_layernorm"), c)?,
-                    post_attention_layernorm: b.rms_norm(&format!("{p}.post_attention_layernorm"), c)?,
+                    post_attention_layernorm: b
+                        .rms_norm(&format!("{p}.post_attention_layernorm"), c)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let model = Model {
             embed_tokens: Embedding {
-                weight: Param::from_tensor(b.tensor::<2>("model.embed_tokens.weight", [c.vocab_size, c.hidden_size])?),
+                weight: Param::from_tensor(
+                    b.tensor::<2>("model.embed_tokens.weight", [c.vocab_size, c.hidden_size])?,
+                ),
             },
             layers,
             norm: b.rms_norm("model.norm", c)?,
@@ -159,7 +211,12 @@ impl CausalLm {
         } else {
             Some(b.linear("lm_head", c.hidden_size, c.vocab_size, false)?)
         };
-        Ok(Self { model, lm_head, config: config.clone(), rope: Rope::new(config) })
+        Ok(Self {
+            model,
+            lm_head,
+            config: config.clone(),
+            rope: Rope::new(config),
+        })
     }
 
     /// Runs the model over `input.input_ids`, appending to `cache` when given.
@@ -221,18 +278,31 @@ impl CausalLm {
                 // Tied head: `E · xᵀ` keeps the large embedding matrix contiguous (`x · Eᵀ` would
                 // copy all of it on every call) and transposes only the small result.
                 let [b, t, h] = x.dims();
-                let logits = self.model.embed_tokens.weight.val().matmul(x.reshape([b * t, h]).transpose());
+                let logits = self
+                    .model
+                    .embed_tokens
+                    .weight
+                    .val()
+                    .matmul(x.reshape([b * t, h]).transpose());
                 logits.transpose().reshape([b, t, self.config.vocab_size])
             }
         });
-        ForwardOutput { logits, hidden_states }
+        ForwardOutput {
+            logits,
+            hidden_states,
+        }
     }
 }
 
 /// Causal + padding mask, true where attention is forbidden. A query may always see itself so
 /// that no row is fully masked: fully masked rows give NaN in softmax, which then leaks through
 /// the padded keys of later layers.
-fn attention_mask(input: &ForwardInput, past: usize, heads: usize, device: &Device) -> Tensor<4, Bool> {
+fn attention_mask(
+    input: &ForwardInput,
+    past: usize,
+    heads: usize,
+    device: &Device,
+) -> Tensor<4, Bool> {
     let [b, t] = input.input_ids.dims();
     let total = past + t;
     let mut data = Vec::with_capacity(b * t * total);
@@ -246,7 +316,8 @@ fn attention_mask(input: &ForwardInput, past: usize, heads: usize, device: &Devi
             }
         }
     }
-    Tensor::<4, Bool>::from_data(TensorData::new(data, [b, 1, t, total]), device).expand([b, heads, t, total])
+    Tensor::<4, Bool>::from_data(TensorData::new(data, [b, 1, t, total]), device)
+        .expand([b, heads, t, total])
 }
 
 struct Builder<'a> {
@@ -273,22 +344,36 @@ impl Builder<'_> {
     /// burn's `Linear` stores `[in, out]`; checkpoints store `[out, in]`. The transpose is done on
     /// the host so the weight is contiguous: a transposed view is re-copied by every matmul.
     fn linear(&self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
-        let rows: Vec<f32> = self.data(&format!("{name}.weight"), &[d_out, d_in])?.convert::<f32>().try_into_vec()?;
-        let weight = Tensor::<2>::from_data(TensorData::new(transpose(&rows, d_out, d_in), [d_in, d_out]), self.device)
-            .cast(self.dtype);
+        let rows: Vec<f32> = self
+            .data(&format!("{name}.weight"), &[d_out, d_in])?
+            .convert::<f32>()
+            .try_into_vec()?;
+        let weight = Tensor::<2>::from_data(
+            TensorData::new(transpose(&rows, d_out, d_in), [d_in, d_out]),
+            self.device,
+        )
+        .cast(self.dtype);
         let bias = if bias {
-            Some(Param::from_tensor(self.tensor::<1>(&format!("{name}.bias"), [d_out])?))
+            Some(Param::from_tensor(
+                self.tensor::<1>(&format!("{name}.bias"), [d_out])?,
+            ))
         } else {
             None
         };
-        Ok(Linear { weight: Param::from_tensor(weight), bias })
+        Ok(Linear {
+            weight: Param::from_tensor(weight),
+            bias,
+        })
     }
 
     fn rms_norm(&self, name: &str, c: &ModelConfig) -> Result<RmsNorm> {
         let gamma = self
             .tensor::<1>(&format!("{name}.weight"), [c.hidden_size])
             .with_context(|| format!("loading norm {name}"))?;
-        Ok(RmsNorm { gamma: Param::from_tensor(gamma), epsilon: c.rms_norm_eps })
+        Ok(RmsNorm {
+            gamma: Param::from_tensor(gamma),
+            epsilon: c.rms_norm_eps,
+        })
     }
 }
 

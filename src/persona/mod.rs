@@ -2,6 +2,6 @@
 
 pub mod artifacts;
 pub mod cvec;
-pub mod vector;
 pub mod extract;
 pub mod sweep;
+pub mod vector;

@@ -22,9 +22,11 @@ pub struct PersonaVector {
 
 impl PersonaVector {
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read persona vector {}", path.display()))?;
-        let st = SafeTensors::deserialize(&bytes)
-            .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read persona vector {}", path.display()))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+            anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display())
+        })?;
         let (_, meta) = SafeTensors::read_metadata(&bytes)
             .map_err(|e| anyhow::anyhow!("{}: invalid safetensors header: {e}", path.display()))?;
         let mut vectors = BTreeMap::new();
@@ -37,12 +39,29 @@ impl PersonaVector {
                 view.shape()
             );
             let hidden = view.shape()[1];
-            ensure!(hidden > 0, "{}: tensor {name} has hidden size 0", path.display());
-            let flat: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            ensure!(
+                hidden > 0,
+                "{}: tensor {name} has hidden size 0",
+                path.display()
+            );
+            let flat: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
             vectors.insert(name, flat.chunks(hidden).map(<[f32]>::to_vec).collect());
         }
-        ensure!(!vectors.is_empty(), "{}: contains no vectors", path.display());
-        let metadata = meta.metadata().clone().unwrap_or_default().into_iter().collect();
+        ensure!(
+            !vectors.is_empty(),
+            "{}: contains no vectors",
+            path.display()
+        );
+        let metadata = meta
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         Ok(Self { vectors, metadata })
     }
 
@@ -50,10 +69,18 @@ impl PersonaVector {
         let flat: Vec<(String, Vec<f32>, Vec<usize>)> = self
             .vectors
             .iter()
-            .map(|(k, rows)| (k.clone(), rows.concat(), vec![rows.len(), rows.first().map_or(0, Vec::len)]))
+            .map(|(k, rows)| {
+                (
+                    k.clone(),
+                    rows.concat(),
+                    vec![rows.len(), rows.first().map_or(0, Vec::len)],
+                )
+            })
             .collect();
-        let tensors: Vec<(&str, Values, Vec<usize>)> =
-            flat.iter().map(|(k, v, s)| (k.as_str(), Values::F32(v), s.clone())).collect();
+        let tensors: Vec<(&str, Values, Vec<usize>)> = flat
+            .iter()
+            .map(|(k, v, s)| (k.as_str(), Values::F32(v), s.clone()))
+            .collect();
         let metadata: HashMap<String, String> = self.metadata.clone().into_iter().collect();
         tensor_file::write(path, &tensors, Some(metadata))
     }
@@ -61,7 +88,10 @@ impl PersonaVector {
     /// The vector of one kind, checked against the model it will be used with.
     pub fn get(&self, kind: &str, num_layers: usize, hidden: usize) -> Result<&[Vec<f32>]> {
         let Some(rows) = self.vectors.get(kind) else {
-            bail!("no {kind} vector (has: {})", self.vectors.keys().cloned().collect::<Vec<_>>().join(", "));
+            bail!(
+                "no {kind} vector (has: {})",
+                self.vectors.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
         };
         ensure!(
             rows.len() == num_layers + 1 && rows.iter().all(|r| r.len() == hidden),
@@ -89,7 +119,10 @@ mod tests {
 
     fn sample() -> PersonaVector {
         PersonaVector {
-            vectors: BTreeMap::from([("response_avg".to_owned(), vec![vec![1.0, 2.0], vec![3.0, -4.0], vec![0.5, 0.25]])]),
+            vectors: BTreeMap::from([(
+                "response_avg".to_owned(),
+                vec![vec![1.0, 2.0], vec![3.0, -4.0], vec![0.5, 0.25]],
+            )]),
             metadata: BTreeMap::from([("trait".to_owned(), "evil".to_owned())]),
         }
     }
@@ -109,7 +142,11 @@ mod tests {
         let err = v.get("response_avg", 3, 2).unwrap_err().to_string();
         assert!(err.contains("[3, 2]") && err.contains("[4, 2]"), "{err}");
         assert!(v.get("response_avg", 2, 5).is_err());
-        assert!(v.get("prompt_last", 2, 2).unwrap_err().to_string().contains("response_avg"));
+        assert!(v
+            .get("prompt_last", 2, 2)
+            .unwrap_err()
+            .to_string()
+            .contains("response_avg"));
     }
 
     #[test]
@@ -123,6 +160,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.safetensors");
         std::fs::write(&path, b"garbage").unwrap();
-        assert!(PersonaVector::load(&path).unwrap_err().to_string().contains("bad.safetensors"));
+        assert!(PersonaVector::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("bad.safetensors"));
     }
 }

@@ -362,7 +362,10 @@ impl Tokenizer {
             Some((last, history)) if last.role == "assistant" => {
                 let (start, len) = self.content_span(&text, history, &last.content)?;
                 let offsets = encoding.get_offsets();
-                let first = offsets.iter().position(|&(_, end)| end > start).unwrap_or(offsets.len());
+                let first = offsets
+                    .iter()
+                    .position(|&(_, end)| end > start)
+                    .unwrap_or(offsets.len());
                 let end = offsets[first..]
                     .iter()
                     .position(|&(begin, _)| begin >= start + len)
@@ -383,7 +386,12 @@ impl Tokenizer {
     /// The content is searched for after the rendered history with a generation prompt, when the chat
     /// starts with that; otherwise its last occurrence is taken. Templates that trim the content are
     /// matched on the trimmed text.
-    fn content_span(&self, text: &str, history: &[ChatMessage], content: &str) -> Result<(usize, usize)> {
+    fn content_span(
+        &self,
+        text: &str,
+        history: &[ChatMessage],
+        content: &str,
+    ) -> Result<(usize, usize)> {
         let after = match self.apply_chat_template(history, true) {
             Ok(prompt) if text.starts_with(&prompt) => Some(prompt.len()),
             _ => None,

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
 }
 
 pub struct Golden {
@@ -17,10 +19,14 @@ pub struct Golden {
 
 impl Golden {
     pub fn f32(&self, name: &str) -> &(Vec<usize>, Vec<f32>) {
-        self.f32s.get(name).unwrap_or_else(|| panic!("golden file has no f32 tensor {name}"))
+        self.f32s
+            .get(name)
+            .unwrap_or_else(|| panic!("golden file has no f32 tensor {name}"))
     }
     pub fn i64(&self, name: &str) -> &(Vec<usize>, Vec<i64>) {
-        self.i64s.get(name).unwrap_or_else(|| panic!("golden file has no i64 tensor {name}"))
+        self.i64s
+            .get(name)
+            .unwrap_or_else(|| panic!("golden file has no i64 tensor {name}"))
     }
 }
 
@@ -31,18 +37,29 @@ pub fn read_golden(path: &Path) -> Golden {
     let mut g = Golden {
         f32s: HashMap::new(),
         i64s: HashMap::new(),
-        metadata: meta.metadata().clone().unwrap_or_default().into_iter().collect(),
+        metadata: meta
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
     };
     for (name, view) in st.tensors() {
         let shape = view.shape().to_vec();
         let data = view.data();
         match view.dtype() {
             Dtype::F32 => {
-                let v = data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+                let v = data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect();
                 g.f32s.insert(name, (shape, v));
             }
             Dtype::I64 => {
-                let v = data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+                let v = data
+                    .chunks_exact(8)
+                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+                    .collect();
                 g.i64s.insert(name, (shape, v));
             }
             other => panic!("unexpected dtype {other:?} for {name}"),
