@@ -16,4 +16,5 @@ pub mod plot;
 pub mod source;
 pub mod steering;
 pub mod tensor_file;
+pub mod tensorboard;
 pub mod tokenizer;

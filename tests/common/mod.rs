@@ -82,3 +82,66 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 pub fn to_vec(t: burn::tensor::Tensor<3>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_into_vec().unwrap()
 }
+
+/// Reads the scalars of every event file in `dir` with Python's `tensorboard` package
+/// (`EventAccumulator`, all scalars kept): tag -> [(step, value)] in load order.
+///
+/// `None` (after printing a "skipped" line) when `python3 -c "import tensorboard"` fails, unless
+/// `PERSONA_TRAIN_REQUIRE_TENSORBOARD=1`, in which case it panics (as CI sets it). Also panics
+/// when tensorboard is importable but cannot read the directory.
+#[allow(dead_code)]
+pub fn python_tensorboard_scalars(
+    dir: &Path,
+) -> Option<std::collections::BTreeMap<String, Vec<(i64, f64)>>> {
+    use std::process::Command;
+    let importable = Command::new("python3")
+        .args(["-c", "import tensorboard"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !importable {
+        if std::env::var("PERSONA_TRAIN_REQUIRE_TENSORBOARD").as_deref() == Ok("1") {
+            panic!(
+                "PERSONA_TRAIN_REQUIRE_TENSORBOARD=1 but `python3 -c \"import tensorboard\"` \
+                 fails: run `python3 -m pip install tensorboard`"
+            );
+        }
+        eprintln!(
+            "skipped: python tensorboard not installed (checked only our own reader; \
+             `python3 -m pip install tensorboard` to also check with TensorBoard)"
+        );
+        return None;
+    }
+    const SCRIPT: &str = r#"
+import json, sys
+from tensorboard.backend.event_processing import event_accumulator
+acc = event_accumulator.EventAccumulator(sys.argv[1], size_guidance={event_accumulator.SCALARS: 0})
+acc.Reload()
+out = {tag: [[e.step, e.value] for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+print(json.dumps(out))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(dir)
+        .output()
+        .expect("cannot run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python tensorboard failed to read {}:\n{stdout}\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = stdout.lines().last().unwrap_or_default();
+    let mut scalars: std::collections::BTreeMap<String, Vec<(i64, f64)>> =
+        serde_json::from_str(json)
+            .unwrap_or_else(|e| panic!("python tensorboard printed no JSON ({e}):\n{stdout}"));
+    // TensorBoard scalars are f32 (`simple_value`); serde_json may parse Python's shortest repr
+    // one f64 ulp off, so round back to the f32 it was.
+    for points in scalars.values_mut() {
+        for (_, v) in points.iter_mut() {
+            *v = *v as f32 as f64;
+        }
+    }
+    Some(scalars)
+}
