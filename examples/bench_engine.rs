@@ -40,7 +40,7 @@ fn main() -> anyhow::Result<()> {
     for batch in [1usize, 8] {
         let input = ForwardInput::dense(&vec![prompt.clone(); batch], 0, &device);
         let run = || {
-            let out = m.model.forward(&input, None, None, LogitsFor::All, false);
+            let out = m.model.forward(&input, None, None, None, LogitsFor::All, false);
             let _ = out.logits.unwrap().into_data();
         };
         run();

@@ -43,7 +43,22 @@ enum Command {
     /// Steers at one layer at a time, judges the answers to the evaluation questions and
     /// recommends a layer.
     Sweep(SweepArgs),
+    /// Fine-tunes with LoRA as a recipe says (`persona-train RECIPE.toml` is the same).
+    Train(TrainArgs),
 }
+
+#[derive(Args)]
+struct TrainArgs {
+    /// The recipe (TOML); see recipes/README.md.
+    recipe: PathBuf,
+    /// Override a recipe field, e.g. `--set optim.lr=2e-5` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Continue from the run's latest checkpoint.
+    #[arg(long)]
+    resume: bool,
+}
+
 
 /// The judge that scores answers (0–100 for a rubric).
 #[derive(Args)]
@@ -337,6 +352,9 @@ struct ForwardArgs {
     model: ModelArgs,
     #[arg(long)]
     text: String,
+    /// A LoRA adapter directory (PEFT format, e.g. a training checkpoint) applied to the model.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// Output safetensors file.
     #[arg(long)]
     out: PathBuf,
@@ -351,8 +369,37 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Extract(a) => run_extract(a),
         Command::Artifacts(a) => run_artifacts(a),
         Command::Sweep(a) => run_sweep(a),
+        Command::Train(a) => run_train(a),
     }
 }
+
+/// Parses the command line; `persona-train RECIPE.toml ...` is read as `persona-train train
+/// RECIPE.toml ...`.
+pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Cli {
+    let mut args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a.to_string_lossy().ends_with(".toml"))
+    {
+        args.insert(1, "train".into());
+    }
+    Cli::parse_from(args)
+}
+
+fn run_train(a: TrainArgs) -> Result<()> {
+    let recipe = crate::recipe::Recipe::load(&a.recipe, &a.set)?;
+    let outcome = crate::train::train(&recipe, a.resume)?;
+    eprintln!(
+        "{}: {} steps, last loss {:.4}; adapter in {}; TensorBoard: tensorboard --logdir {}",
+        recipe.name,
+        outcome.steps,
+        outcome.last_loss,
+        outcome.last_checkpoint.display(),
+        recipe.tensorboard_dir().display()
+    );
+    Ok(())
+}
+
 
 fn run_generate(a: GenerateArgs) -> Result<()> {
     let m = a.model.load()?;
@@ -392,9 +439,18 @@ fn run_forward(a: ForwardArgs) -> Result<()> {
     let m = a.model.load()?;
     let ids = m.tokenizer.encode(&a.text, true)?;
     anyhow::ensure!(!ids.is_empty(), "--text tokenizes to no tokens");
+    let adapters = match &a.adapter {
+        Some(dir) => Some(crate::lora::Adapters::load_peft(
+            dir,
+            m.model.config(),
+            &m.model.device(),
+        )?),
+        None => None,
+    };
     let out = m.model.forward(
         &ForwardInput::dense(&[ids.clone()], 0, &m.model.device()),
         None,
+        adapters.as_ref(),
         None,
         LogitsFor::All,
         true,

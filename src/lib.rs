@@ -5,16 +5,20 @@
 //! about files), `loader` maps checkpoints onto it, `generate` decodes with a KV cache.
 
 pub mod cli;
+pub mod data;
 pub mod device;
 pub mod generate;
 pub mod gguf;
 pub mod judge;
 pub mod loader;
+pub mod lora;
 pub mod model;
 pub mod persona;
 pub mod plot;
+pub mod recipe;
 pub mod source;
 pub mod steering;
 pub mod tensor_file;
 pub mod tensorboard;
 pub mod tokenizer;
+pub mod train;

@@ -1,7 +1,5 @@
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
-    match persona_train::cli::run(persona_train::cli::Cli::parse()) {
+    match persona_train::cli::run(persona_train::cli::parse_args(std::env::args_os())) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

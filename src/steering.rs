@@ -45,11 +45,13 @@ impl std::str::FromStr for Positions {
     }
 }
 
-/// Per-block additions built from a persona vector, ready to become an [`Intervention`].
+/// Per-block edits built from a persona vector, ready to become an [`Intervention`].
 #[derive(Debug, Clone)]
 pub struct Steering {
     /// One entry per block, `[hidden]`.
     block_adds: Vec<Option<Vec<f32>>>,
+    /// One entry per block: unit vectors whose component is removed.
+    block_ablate: Vec<Option<Vec<f32>>>,
     pub positions: Positions,
 }
 
@@ -63,24 +65,11 @@ impl Steering {
         num_layers: usize,
         hidden: usize,
     ) -> Result<Self> {
-        ensure!(
-            vector.len() == num_layers + 1,
-            "persona vector has {} layers, the model needs {} (layers + 1)",
-            vector.len(),
-            num_layers + 1
-        );
-        ensure!(
-            vector.iter().all(|row| row.len() == hidden),
-            "persona vector rows have size {}, the model's hidden size is {hidden}",
-            vector[0].len()
-        );
+        check_shape(vector, num_layers, hidden)?;
         let scaled = |row: &[f32]| row.iter().map(|x| coef * x).collect::<Vec<f32>>();
         let block_adds = match layers {
             SteerLayers::Single(l) => {
-                ensure!(
-                    (1..=num_layers).contains(&l),
-                    "steering layer {l} is out of range 1..={num_layers} (layer 0 is the embedding output)"
-                );
+                check_layer(l, num_layers)?;
                 (0..num_layers)
                     .map(|b| (b + 1 == l).then(|| scaled(&vector[l])))
                     .collect()
@@ -98,23 +87,86 @@ impl Steering {
         };
         Ok(Self {
             block_adds,
+            block_ablate: vec![None; num_layers],
+            positions,
+        })
+    }
+
+    /// Directional ablation (CAFT, Casademunt et al. 2025): removes the component along
+    /// `v̂[l] = v[l] / |v[l]|` from the output of block `l - 1`, at one layer or at every layer
+    /// (each with its own row).
+    pub fn ablate(
+        vector: &[Vec<f32>],
+        layers: SteerLayers,
+        positions: Positions,
+        num_layers: usize,
+        hidden: usize,
+    ) -> Result<Self> {
+        check_shape(vector, num_layers, hidden)?;
+        let unit = |l: usize| -> Result<Vec<f32>> {
+            let norm = vector[l].iter().map(|x| x * x).sum::<f32>().sqrt();
+            ensure!(
+                norm > 0.0,
+                "persona vector row {l} is zero, so there is no direction to ablate"
+            );
+            Ok(vector[l].iter().map(|x| x / norm).collect())
+        };
+        let block_ablate = match layers {
+            SteerLayers::Single(l) => {
+                check_layer(l, num_layers)?;
+                (0..num_layers)
+                    .map(|b| if b + 1 == l { unit(l).map(Some) } else { Ok(None) })
+                    .collect::<Result<_>>()?
+            }
+            SteerLayers::All => (1..=num_layers)
+                .map(|l| unit(l).map(Some))
+                .collect::<Result<_>>()?,
+        };
+        Ok(Self {
+            block_adds: vec![None; num_layers],
+            block_ablate,
             positions,
         })
     }
 
     /// The intervention for one forward pass; `mask` is `[batch, seq]` (1 = steer this token).
     pub fn intervention(&self, device: &Device, mask: Option<Tensor<2>>) -> Intervention {
-        let block_adds = self
-            .block_adds
-            .iter()
-            .map(|v| {
-                v.as_ref()
-                    .map(|v| Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), device))
-            })
-            .collect();
+        let upload = |rows: &[Option<Vec<f32>>]| {
+            rows.iter()
+                .map(|v| {
+                    v.as_ref().map(|v| {
+                        Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), device)
+                    })
+                })
+                .collect()
+        };
         Intervention {
-            block_adds,
+            block_adds: upload(&self.block_adds),
+            block_ablate: upload(&self.block_ablate),
             positions: mask,
         }
     }
+}
+
+fn check_layer(l: usize, num_layers: usize) -> Result<()> {
+    ensure!(
+        (1..=num_layers).contains(&l),
+        "steering layer {l} is out of range 1..={num_layers} (layer 0 is the embedding output)"
+    );
+    Ok(())
+}
+
+fn check_shape(vector: &[Vec<f32>], num_layers: usize, hidden: usize) -> Result<()> {
+    ensure!(
+            vector.len() == num_layers + 1,
+            "persona vector has {} layers, the model needs {} (layers + 1)",
+            vector.len(),
+            num_layers + 1
+        );
+        ensure!(
+            vector.iter().all(|row| row.len() == hidden),
+            "persona vector rows have size {}, the model's hidden size is {hidden}",
+            vector[0].len()
+        );
+    Ok(())
 }

@@ -50,7 +50,7 @@ fn check_padded_batch(name: &str) {
                 .collect(),
         ),
     };
-    let out = model.forward(&input, None, None, LogitsFor::All, true);
+    let out = model.forward(&input, None, None, None, LogitsFor::All, true);
     let keep = |bi: usize, ti: usize| mask[bi * t + ti] == 1;
 
     let (lshape, want) = g.f32("logits");
@@ -81,7 +81,7 @@ fn check_single(name: &str) {
     let (shape, ids) = g.i64("single_input_ids");
     let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
     let input = ForwardInput::dense(&[ids], 0, &model.device());
-    let out = model.forward(&input, None, None, LogitsFor::All, true);
+    let out = model.forward(&input, None, None, None, LogitsFor::All, true);
     let err = rel_err(&to_vec(out.logits.unwrap()), &g.f32("single_logits").1);
     assert!(err < TOL, "{name}: single logits rel err {err}");
     let (hshape, want) = g.f32("single_hidden_states");
@@ -158,6 +158,7 @@ fn kv_cache_equals_full_forward() {
                 &ForwardInput::dense(&[ids.clone()], 0, &device),
                 None,
                 None,
+                None,
                 LogitsFor::All,
                 false,
             )
@@ -172,6 +173,7 @@ fn kv_cache_equals_full_forward() {
                 &ForwardInput::dense(&[ids[..split].to_vec()], 0, &device),
                 Some(&mut cache),
                 None,
+                None,
                 LogitsFor::All,
                 false,
             )
@@ -182,6 +184,7 @@ fn kv_cache_equals_full_forward() {
         let out = model.forward(
             &ForwardInput::dense(&[vec![id]], i, &device),
             Some(&mut cache),
+            None,
             None,
             LogitsFor::All,
             false,

@@ -38,6 +38,7 @@ fn forward_matches_transformers() {
             &ForwardInput::dense(&[ids], 0, &m.model.device()),
             None,
             None,
+            None,
             LogitsFor::All,
             true,
         );

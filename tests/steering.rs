@@ -45,6 +45,7 @@ fn check(case: &str, layers: SteerLayers, coef: f32, from: usize) {
     let out = model.forward(
         &ForwardInput::dense(&[ids], 0, &device),
         None,
+        None,
         Some(&iv),
         LogitsFor::All,
         true,
@@ -136,6 +137,7 @@ fn steered_generation_with_cache_equals_without() {
                 );
                 let out = model.forward(
                     &ForwardInput::dense(&[seq.clone()], 0, &device),
+                    None,
                     None,
                     Some(&iv),
                     LogitsFor::Last,

@@ -144,7 +144,7 @@ impl LocalJudge {
         };
         let logits = self
             .model
-            .forward(&input, None, None, LogitsFor::Last, false)
+            .forward(&input, None, None, None, LogitsFor::Last, false)
             .logits
             .context("the model returned no logits")?;
         let logits: Vec<f32> = logits.into_data().convert::<f32>().try_into_vec()?;

@@ -97,25 +97,28 @@ impl ParamSource for SafetensorsParams {
             "{}: tensor {name} has shape {found:?}, the model config expects {shape:?}",
             path.display()
         );
-        let bytes = view.data();
-        let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => bail!(
-                "{}: tensor {name} has unsupported dtype {other:?} (supported: F32, F16, BF16)",
-                path.display()
-            ),
-        };
+        let values = view_to_f32(&view)
+            .with_context(|| format!("{}: tensor {name}", path.display()))?;
         Ok(TensorData::new(values, found))
     }
+}
+
+/// A tensor's values as f32, whatever float type the file stores.
+pub fn view_to_f32(view: &safetensors::tensor::TensorView) -> Result<Vec<f32>> {
+    let bytes = view.data();
+    Ok(match view.dtype() {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => bail!("unsupported dtype {other:?} (supported: F32, F16, BF16)"),
+    })
 }

@@ -57,28 +57,38 @@ pub struct ForwardOutput {
     pub hidden_states: Vec<Tensor<3>>,
 }
 
-/// Vectors added to the residual stream at the output of chosen blocks: the explicit
-/// intervention point that steering plugs into.
+/// Edits of the residual stream at the output of chosen blocks: the explicit intervention point
+/// that steering plugs into.
 ///
-/// `block_adds[l]` is added to the output of block `l`, i.e. to hidden-state index `l + 1` in
-/// the paper's (and transformers') convention. `positions` scales it per token.
+/// Entry `l` acts on the output of block `l`, i.e. on hidden-state index `l + 1` in the paper's
+/// (and transformers') convention: first the component along `block_ablate[l]` (a unit vector)
+/// is removed, then `block_adds[l]` is added. `positions` scales both per token.
 #[derive(Debug, Clone)]
 pub struct Intervention {
     /// One entry per block, each `[hidden]`.
     pub block_adds: Vec<Option<Tensor<1>>>,
+    /// One entry per block, each a unit vector `[hidden]` (directional ablation, as in CAFT).
+    pub block_ablate: Vec<Option<Tensor<1>>>,
     /// `[batch, seq]` multiplier (1 = apply, 0 = leave); `None` applies everywhere.
     pub positions: Option<Tensor<2>>,
 }
 
 impl Intervention {
     pub(crate) fn apply(&self, block: usize, x: Tensor<3>) -> Tensor<3> {
-        let Some(Some(v)) = self.block_adds.get(block) else {
-            return x;
+        let gate = |t: Tensor<3>| match &self.positions {
+            Some(p) => p.clone().unsqueeze_dim::<3>(2) * t,
+            None => t,
         };
-        let add = v.clone().unsqueeze::<3>();
-        match &self.positions {
-            Some(p) => x + p.clone().unsqueeze_dim::<3>(2) * add,
-            None => x + add,
+        let mut x = x;
+        if let Some(Some(u)) = self.block_ablate.get(block) {
+            let [b, t, h] = x.dims();
+            let along = x.clone().reshape([b * t, h]).matmul(u.clone().reshape([h, 1]));
+            let component = along.reshape([b, t, 1]) * u.clone().unsqueeze::<3>();
+            x = x - gate(component);
         }
+        if let Some(Some(v)) = self.block_adds.get(block) {
+            x = x + gate(v.clone().unsqueeze::<3>());
+        }
+        x
     }
 }

@@ -6,6 +6,7 @@ use super::cache::KvCache;
 use super::config::ModelConfig;
 use super::rope::{self, Rope};
 use super::{ForwardInput, ForwardOutput, Intervention, LogitsFor, ParamSource};
+use crate::lora::{Adapters, Target};
 use anyhow::{Context, Result};
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear, RmsNorm};
@@ -21,10 +22,24 @@ pub struct Mlp {
     pub down_proj: Linear,
 }
 
+/// The adapters of one block, when the forward pass carries any.
+type BlockAdapters<'a> = Option<(&'a Adapters, usize)>;
+
+/// `x·W (+ b)`, plus the block's adapter on `target` when there is one.
+fn project(linear: &Linear, x: Tensor<3>, lora: BlockAdapters, target: Target) -> Tensor<3> {
+    let delta = lora.and_then(|(adapters, layer)| adapters.delta(layer, target, x.clone()));
+    let y = linear.forward(x);
+    match delta {
+        Some(d) => y + d,
+        None => y,
+    }
+}
+
 impl Mlp {
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.down_proj
-            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+    fn forward(&self, x: Tensor<3>, lora: BlockAdapters) -> Tensor<3> {
+        let gate = project(&self.gate_proj, x.clone(), lora, Target::Gate);
+        let up = project(&self.up_proj, x, lora, Target::Up);
+        project(&self.down_proj, silu(gate) * up, lora, Target::Down)
     }
 }
 
@@ -53,13 +68,17 @@ impl Attention {
         mask: &Tensor<4, Bool>,
         layer: usize,
         cache: Option<&mut KvCache>,
+        lora: BlockAdapters,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let split = |y: Tensor<3>, heads: usize| y.reshape([b, t, heads, d]).swap_dims(1, 2);
-        let q = rope::apply(split(self.q_proj.forward(x.clone()), h), cos, sin);
-        let k = rope::apply(split(self.k_proj.forward(x.clone()), kvh), cos, sin);
-        let v = split(self.v_proj.forward(x), kvh);
+        let q = project(&self.q_proj, x.clone(), lora, Target::Q);
+        let k = project(&self.k_proj, x.clone(), lora, Target::K);
+        let v = project(&self.v_proj, x, lora, Target::V);
+        let q = rope::apply(split(q, h), cos, sin);
+        let k = rope::apply(split(k, kvh), cos, sin);
+        let v = split(v, kvh);
         let (k, v) = match cache {
             Some(cache) => cache.append(layer, k, v),
             None => (k, v),
@@ -71,8 +90,8 @@ impl Attention {
             is_causal: false,
         };
         let out = attention(q, k, v, Some(mask.clone()), None, options);
-        self.o_proj
-            .forward(out.swap_dims(1, 2).reshape([b, t, h * d]))
+        let out = out.swap_dims(1, 2).reshape([b, t, h * d]);
+        project(&self.o_proj, out, lora, Target::O)
     }
 }
 
@@ -219,7 +238,8 @@ impl CausalLm {
         })
     }
 
-    /// Runs the model over `input.input_ids`, appending to `cache` when given.
+    /// Runs the model over `input.input_ids`, appending to `cache` when given, with LoRA
+    /// `adapters` on its projections and `intervention` on the residual stream when given.
     ///
     /// Hidden states follow transformers' `output_hidden_states`: index 0 is the embedding
     /// output, index N (1 ≤ N < layers) the output of block N-1 (after any intervention), and
@@ -233,6 +253,7 @@ impl CausalLm {
         &self,
         input: &ForwardInput,
         mut cache: Option<&mut KvCache>,
+        adapters: Option<&Adapters>,
         intervention: Option<&Intervention>,
         logits_for: LogitsFor,
         output_hidden_states: bool,
@@ -256,9 +277,14 @@ impl CausalLm {
                 &mask,
                 i,
                 cache.as_deref_mut(),
+                adapters.map(|a| (a, i)),
             );
             x = x + attn;
-            x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
+            let mlp = layer.mlp.forward(
+                layer.post_attention_layernorm.forward(x.clone()),
+                adapters.map(|a| (a, i)),
+            );
+            x = x + mlp;
             if let Some(iv) = intervention {
                 x = iv.apply(i, x);
             }
@@ -272,7 +298,15 @@ impl CausalLm {
             LogitsFor::Last => Some(x.slice([0..b, t - 1..t])),
             LogitsFor::None => None,
         };
-        let logits = x.map(|x| match &self.lm_head {
+        ForwardOutput {
+            logits: x.map(|x| self.head(x)),
+            hidden_states,
+        }
+    }
+
+    /// The output head over final-norm hidden states: `[batch, seq, hidden]` → logits.
+    pub fn head(&self, x: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
             Some(head) => head.forward(x),
             None => {
                 // Tied head: `E · xᵀ` keeps the large embedding matrix contiguous (`x · Eᵀ` would
@@ -286,10 +320,6 @@ impl CausalLm {
                     .matmul(x.reshape([b * t, h]).transpose());
                 logits.transpose().reshape([b, t, self.config.vocab_size])
             }
-        });
-        ForwardOutput {
-            logits,
-            hidden_states,
         }
     }
 }

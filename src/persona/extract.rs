@@ -327,6 +327,7 @@ pub fn activation_averages(
         &ForwardInput::dense(&[ids.to_vec()], 0, &model.device()),
         None,
         None,
+        None,
         LogitsFor::None,
         true,
     );

@@ -1,0 +1,419 @@
+//! The trainer: composes the frozen model, LoRA adapters and training-time steering; runs AdamW
+//! on the adapters; logs loss and persona projections to TensorBoard; checkpoints and resumes.
+
+pub mod checkpoint;
+pub mod loss;
+pub mod monitor;
+pub mod optim;
+
+use crate::data::{self, Example};
+use crate::judge::JudgeConfig;
+use crate::loader::{self, LoadedModel};
+use crate::lora::Adapters;
+use crate::persona::artifacts::TraitArtifacts;
+use crate::persona::extract::{extract, ExtractConfig};
+use crate::persona::vector::PersonaVector;
+use crate::recipe::{Recipe, SteeringMode};
+use crate::steering::{SteerLayers, Steering};
+use crate::tensorboard::EventWriter;
+use anyhow::{bail, Context, Result};
+use burn::tensor::Tensor;
+use checkpoint::TrainerState;
+use indicatif::{ProgressBar, ProgressStyle};
+use loss::Batch;
+use monitor::Monitor;
+use optim::AdamW;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What a finished run leaves behind.
+#[derive(Debug)]
+pub struct TrainOutcome {
+    pub run_dir: PathBuf,
+    pub steps: usize,
+    pub last_loss: f64,
+    pub last_checkpoint: PathBuf,
+}
+
+/// Runs `recipe`; with `resume`, continues from the run's latest checkpoint.
+pub fn train(recipe: &Recipe, resume: bool) -> Result<TrainOutcome> {
+    let run = recipe.run_dir();
+    let existing = checkpoint::list(&run)?;
+    if !resume && !existing.is_empty() {
+        bail!(
+            "{} already holds checkpoints: pass --resume to continue that run, or --set name=NEW for a new one",
+            run.display()
+        );
+    }
+    std::fs::create_dir_all(&run).with_context(|| format!("cannot create {}", run.display()))?;
+    let device = crate::device::parse(&recipe.model.device)?;
+    let dtype = crate::device::parse_dtype(&recipe.model.dtype)?;
+    let files = crate::source::resolve(&recipe.model.source)?;
+    let lm = loader::load(&files, &device, dtype)?;
+    let model_config = lm.model.config().clone();
+    let (layers, hidden) = (model_config.num_layers, model_config.hidden_size);
+
+    let examples = data::load_examples(&recipe.data.train, &lm.tokenizer, recipe.data.max_seq_len)?;
+    let (train_set, val_set) =
+        data::split_held_out(examples, recipe.data.held_out, recipe.data.shuffle_seed);
+    let lengths: Vec<usize> = train_set.iter().map(|e| e.ids.len()).collect();
+    let o = &recipe.optim;
+    let batches_per_epoch = lengths.len().div_ceil(o.batch_size);
+    let total = o
+        .max_steps
+        .unwrap_or(o.epochs * batches_per_epoch.div_ceil(o.grad_accum));
+
+    let vector = persona_vector(recipe, &lm)?;
+    let rows = match &vector {
+        Some(v) => Some(
+            v.get(&recipe.steering.vector_kind, layers, hidden)
+                .with_context(|| format!("steering.vector ({})", vector_path(recipe).display()))?
+                .to_vec(),
+        ),
+        None => None,
+    };
+    let steering = training_steering(recipe, rows.as_deref(), layers, hidden)?;
+
+    let recipe_toml = recipe.to_toml()?;
+    let (mut state, adapters, mut optimizer) = match existing.last().filter(|_| resume) {
+        Some((step, dir)) => {
+            eprintln!("resuming {} from step {step}", run.display());
+            let (state, adapters, optimizer) = checkpoint::load(dir, &model_config, &device)?;
+            anyhow::ensure!(
+                adapters.config == recipe.lora,
+                "{}: the checkpoint's LoRA settings differ from the recipe's [lora]",
+                dir.display()
+            );
+            (state, adapters, optimizer)
+        }
+        None => {
+            let adapters = Adapters::init(&recipe.lora, &model_config, o.seed, &device)?;
+            let optimizer = AdamW::new(&params(&adapters));
+            let state = TrainerState {
+                step: 0,
+                total_steps: total,
+                epoch: 0,
+                batch_in_epoch: 0,
+                tokens_seen: 0,
+            };
+            (state, adapters, optimizer)
+        }
+    };
+    state.total_steps = total;
+    let mut adapters = adapters.map(|_, _, _, t| t.autodiff().require_grad());
+    adapters.dropout_active = true;
+
+    let metrics_path = run.join("metrics.jsonl");
+    truncate_metrics(&metrics_path, state.step)?;
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| format!("cannot open {}", metrics_path.display()))?;
+    let mut tb = EventWriter::create(&recipe.tensorboard_dir())?;
+
+    let monitor = match (&rows, recipe.monitor.probe_every) {
+        (Some(rows), every) if every > 0 => Some(build_monitor(recipe, &lm, &vector, rows, &run)?),
+        _ => None,
+    };
+    if let (Some(m), 0) = (&monitor, state.step) {
+        tb.scalars(0, &m.scalars(&m.base))?;
+    }
+
+    let bar = ProgressBar::new(total as u64).with_position(state.step as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} {msg} {elapsed_precise} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(recipe.name.clone());
+
+    let mut epoch_order = data::epoch_batches(&lengths, o.batch_size, recipe.data.shuffle_seed, state.epoch);
+    let mut last_loss = f64::NAN;
+    let mut last_shift: Option<f32> = None;
+    let mut last_checkpoint = existing.last().map(|(_, d)| d.clone()).unwrap_or_default();
+    while state.step < total {
+        let started = Instant::now();
+        // The step's micro-batches, taken in order across epoch boundaries.
+        let mut micro: Vec<Batch> = Vec::with_capacity(o.grad_accum);
+        for _ in 0..o.grad_accum {
+            if state.batch_in_epoch == epoch_order.len() {
+                state.epoch += 1;
+                state.batch_in_epoch = 0;
+                epoch_order =
+                    data::epoch_batches(&lengths, o.batch_size, recipe.data.shuffle_seed, state.epoch);
+            }
+            let chosen: Vec<&Example> = epoch_order[state.batch_in_epoch]
+                .iter()
+                .map(|&i| &train_set[i])
+                .collect();
+            micro.push(Batch::new(&chosen, &device));
+            state.batch_in_epoch += 1;
+        }
+        let targets: usize = micro.iter().map(Batch::num_targets).sum();
+        let tokens: usize = micro.iter().map(Batch::num_tokens).sum();
+        if recipe.lora.dropout > 0.0 {
+            device.seed(o.seed.wrapping_mul(1_000_003).wrapping_add(state.step as u64));
+        }
+
+        let current = params(&adapters);
+        let mut grads: Option<Vec<Tensor<2>>> = None;
+        let mut loss_sum = 0.0;
+        for batch in &micro {
+            let nll = loss::nll_sum(&lm.model, &adapters, steering.as_ref(), batch);
+            let loss = nll / targets as f32;
+            let g = loss.backward();
+            loss_sum += loss.inner().into_scalar::<f32>() as f64;
+            let step_grads: Vec<Tensor<2>> = current
+                .iter()
+                .map(|p| p.grad(&g).unwrap_or_else(|| p.clone().inner().zeros_like()))
+                .collect();
+            grads = Some(match grads {
+                None => step_grads,
+                Some(acc) => acc.into_iter().zip(step_grads).map(|(a, b)| a + b).collect(),
+            });
+        }
+        let grads = grads.expect("grad_accum >= 1");
+        let grad_norm = optim::global_norm(&grads);
+        let grads = optim::clip(grads, grad_norm, o.grad_clip);
+        let lr = optim::learning_rate(o, state.step, total);
+        let updated = optimizer.update(
+            current.into_iter().map(Tensor::inner).collect(),
+            grads,
+            lr,
+            o,
+        );
+        let mut updated = updated.into_iter();
+        adapters = adapters.map(|_, _, _, _| {
+            updated
+                .next()
+                .expect("one update per parameter")
+                .autodiff()
+                .require_grad()
+        });
+        state.step += 1;
+        state.tokens_seen += tokens as u64;
+        last_loss = loss_sum;
+        let tokens_per_sec = tokens as f64 / started.elapsed().as_secs_f64();
+
+        let step = state.step as i64;
+        let mut scalars = vec![
+            ("train/loss".to_string(), loss_sum),
+            ("train/lr".to_string(), lr),
+            ("train/grad_norm".to_string(), grad_norm),
+            ("train/tokens_per_sec".to_string(), tokens_per_sec),
+        ];
+        let mut record = serde_json::json!({
+            "step": state.step, "epoch": state.epoch, "loss": loss_sum, "lr": lr,
+            "grad_norm": grad_norm, "tokens": tokens, "tokens_per_sec": tokens_per_sec,
+        });
+        if let Some(m) = monitor
+            .as_ref()
+            .filter(|_| state.step % recipe.monitor.probe_every == 0 || state.step == total)
+        {
+            let p = m.measure(&lm.model, Some(&inference(&adapters)))?;
+            let shift = m.main_shift(&p);
+            last_shift = Some(shift);
+            record["projection_shift"] = serde_json::json!(shift);
+            record["main_layer"] = serde_json::json!(m.main_layer);
+            scalars.extend(m.scalars(&p));
+        }
+        if state.step % recipe.checkpoint.every_n_steps == 0 || state.step == total {
+            if !val_set.is_empty() {
+                let val = validation_loss(&lm, &inference(&adapters), &val_set, o.batch_size);
+                scalars.push(("val/loss".to_string(), val));
+                record["val_loss"] = serde_json::json!(val);
+            }
+            last_checkpoint = checkpoint::save(
+                &run,
+                &state,
+                &inference(&adapters),
+                &optimizer,
+                &recipe_toml,
+                &recipe.model.source,
+                recipe.checkpoint.keep_last,
+            )?;
+        }
+        tb.scalars(step, &scalars)?;
+        writeln!(metrics, "{record}")
+            .and_then(|_| metrics.flush())
+            .with_context(|| format!("cannot write {}", metrics_path.display()))?;
+        bar.set_message(match last_shift {
+            Some(s) => format!("loss {loss_sum:.3} shift {s:+.2} {tokens_per_sec:.0} tok/s"),
+            None => format!("loss {loss_sum:.3} {tokens_per_sec:.0} tok/s"),
+        });
+        bar.set_position(state.step as u64);
+    }
+    bar.finish();
+    Ok(TrainOutcome {
+        run_dir: run,
+        steps: state.step,
+        last_loss,
+        last_checkpoint,
+    })
+}
+
+/// The adapter matrices in [`Adapters::iter`] order, `A` then `B` of each.
+fn params(adapters: &Adapters) -> Vec<Tensor<2>> {
+    adapters
+        .iter()
+        .flat_map(|(_, _, p)| [p.a.clone(), p.b.clone()])
+        .collect()
+}
+
+/// The adapters outside the autodiff graph, without dropout: for probes, validation and saving.
+fn inference(adapters: &Adapters) -> Adapters {
+    let mut plain = adapters.map(|_, _, _, t| t.inner());
+    plain.dropout_active = false;
+    plain
+}
+
+fn validation_loss(lm: &LoadedModel, adapters: &Adapters, val: &[Example], batch_size: usize) -> f64 {
+    let device = lm.model.device();
+    let (mut nll, mut n) = (0.0, 0);
+    for chunk in val.chunks(batch_size) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let batch = Batch::new(&refs, &device);
+        n += batch.num_targets();
+        nll += loss::nll_sum(&lm.model, adapters, None, &batch).into_scalar::<f32>() as f64;
+    }
+    nll / n.max(1) as f64
+}
+
+fn vector_path(recipe: &Recipe) -> PathBuf {
+    recipe.steering.vector.clone().unwrap_or_default()
+}
+
+/// The recipe's persona vector, extracted first when the file is missing.
+fn persona_vector(recipe: &Recipe, lm: &LoadedModel) -> Result<Option<PersonaVector>> {
+    let Some(path) = &recipe.steering.vector else {
+        return Ok(None);
+    };
+    if !path.exists() {
+        let artifacts_path = recipe.steering.artifacts_path();
+        eprintln!(
+            "{} does not exist: extracting the {} vector first (persona-train extract, local judge, unfiltered, 32-token answers; this takes a while on CPU)",
+            path.display(),
+            recipe.steering.trait_name
+        );
+        let artifacts = TraitArtifacts::load(&artifacts_path)
+            .with_context(|| format!("steering.artifacts ({})", artifacts_path.display()))?;
+        let judge = JudgeConfig::default().build(&lm.model.device())?;
+        let cfg = ExtractConfig {
+            max_new_tokens: 32,
+            no_filter: true,
+            ..ExtractConfig::default()
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        extract(lm, &recipe.model.source, &artifacts, judge.as_ref(), &cfg, path)?;
+    }
+    PersonaVector::load(path)
+        .with_context(|| format!("steering.vector ({})", path.display()))
+        .map(Some)
+}
+
+/// The intervention of the training forward pass, or `None` for mode `off`.
+fn training_steering(
+    recipe: &Recipe,
+    rows: Option<&[Vec<f32>]>,
+    layers: usize,
+    hidden: usize,
+) -> Result<Option<Steering>> {
+    let s = &recipe.steering;
+    let Some(rows) = rows.filter(|_| s.mode != SteeringMode::Off) else {
+        return Ok(None);
+    };
+    let where_ = match s.layer {
+        Some(l) => SteerLayers::Single(l),
+        None => SteerLayers::All,
+    };
+    let steering = match s.mode {
+        SteeringMode::Off => unreachable!("filtered above"),
+        SteeringMode::AllLayers => Steering::new(rows, SteerLayers::All, s.coef, s.positions, layers, hidden),
+        SteeringMode::SingleLayer => Steering::new(rows, where_, s.coef, s.positions, layers, hidden),
+        SteeringMode::Ablate => Steering::ablate(rows, where_, s.positions, layers, hidden),
+    };
+    steering.context("steering").map(Some)
+}
+
+fn build_monitor(
+    recipe: &Recipe,
+    lm: &LoadedModel,
+    vector: &Option<PersonaVector>,
+    rows: &[Vec<f32>],
+    run: &Path,
+) -> Result<Monitor> {
+    let m = &recipe.monitor;
+    let num_layers = lm.model.config().num_layers;
+    let prompts: Vec<String> = match &m.prompts {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read monitor.prompts {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| {
+                format!("monitor.prompts {}: expected a JSON list of strings", path.display())
+            })?
+        }
+        None => {
+            let path = recipe.steering.artifacts_path();
+            TraitArtifacts::load(&path)
+                .with_context(|| format!("monitor probes: the trait's evaluation questions ({})", path.display()))?
+                .eval_questions
+        }
+    };
+    let prompts: Vec<String> = prompts.into_iter().take(m.max_prompts).collect();
+    anyhow::ensure!(!prompts.is_empty(), "monitor: no probe prompts");
+    let recommended = vector
+        .as_ref()
+        .and_then(|v| v.metadata.get("recommended_layer"))
+        .and_then(|s| s.parse().ok());
+    let main_layer = m
+        .main_layer
+        .or(recommended)
+        .unwrap_or((2 * num_layers).div_ceil(3));
+    let mut monitored = if m.layers.is_empty() {
+        (1..=num_layers).collect()
+    } else {
+        m.layers.clone()
+    };
+    if !monitored.contains(&main_layer) {
+        monitored.push(main_layer);
+    }
+    monitored.sort_unstable();
+    monitored.dedup();
+    if let Some(&bad) = monitored.iter().find(|&&l| l > num_layers) {
+        bail!("monitor.layers: layer {bad} is out of range 0..={num_layers}");
+    }
+    Monitor::new(
+        &lm.model,
+        &lm.tokenizer,
+        &recipe.steering.trait_name,
+        rows,
+        &prompts,
+        monitored,
+        main_layer,
+        m.response_tokens,
+        &run.join("probes.jsonl"),
+    )
+}
+
+/// Drops metric lines past `step`: they belong to an interrupted run resumed from `step`.
+fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s as usize <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(path, kept).with_context(|| format!("cannot rewrite {}", path.display()))
+}

@@ -1,0 +1,222 @@
+//! Per-step persona monitoring: projections of fixed probe prompts' activations onto the persona
+//! vector, and their shift from the base model.
+//!
+//! Each probe is a prompt (chat template applied) followed by the base model's own greedy answer,
+//! generated once and stored in the run directory. Measuring always teacher-forces that same
+//! text, without steering, so a change in projection is a change in the model, not in the text.
+
+use crate::generate::{generate, Sampling};
+use crate::lora::Adapters;
+use crate::model::{CausalLm, ForwardInput, LogitsFor};
+use crate::tokenizer::{ChatMessage, Tokenizer};
+use anyhow::{Context, Result};
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Probe {
+    prompt: String,
+    /// Prompt tokens then answer tokens.
+    ids: Vec<u32>,
+    /// Index of the first answer token.
+    response_start: usize,
+}
+
+/// Mean projections over the probes, one entry per monitored layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Projections {
+    /// Of the last prompt token's activation (the paper's finetuning-shift measure).
+    pub prompt_last: Vec<f32>,
+    /// Of the activation averaged over the answer tokens.
+    pub response_avg: Vec<f32>,
+}
+
+pub struct Monitor {
+    pub trait_name: String,
+    /// Hidden-state rows logged.
+    pub layers: Vec<usize>,
+    pub main_layer: usize,
+    /// `v[l] / |v[l]|` for each monitored layer.
+    units: Vec<Vec<f32>>,
+    probes: Vec<Probe>,
+    /// The base model's projections (adapters off).
+    pub base: Projections,
+}
+
+impl Monitor {
+    /// Builds the probes (reusing `cache` when it holds the same prompts) and measures the base.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        model: &CausalLm,
+        tokenizer: &Tokenizer,
+        trait_name: &str,
+        vector: &[Vec<f32>],
+        prompts: &[String],
+        layers: Vec<usize>,
+        main_layer: usize,
+        response_tokens: usize,
+        cache: &Path,
+    ) -> Result<Self> {
+        let units = layers
+            .iter()
+            .map(|&l| {
+                let norm = vector[l].iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                vector[l].iter().map(|x| x / norm).collect()
+            })
+            .collect();
+        let probes = match read_cache(cache, prompts) {
+            Some(p) => p,
+            None => {
+                let probes = build_probes(model, tokenizer, prompts, response_tokens)?;
+                let text = probes
+                    .iter()
+                    .map(|p| serde_json::to_string(p).map(|s| s + "\n"))
+                    .collect::<serde_json::Result<String>>()?;
+                std::fs::write(cache, text)
+                    .with_context(|| format!("cannot write {}", cache.display()))?;
+                probes
+            }
+        };
+        let mut monitor = Self {
+            trait_name: trait_name.to_string(),
+            layers,
+            main_layer,
+            units,
+            probes,
+            base: Projections {
+                prompt_last: Vec::new(),
+                response_avg: Vec::new(),
+            },
+        };
+        monitor.base = monitor.measure(model, None)?;
+        Ok(monitor)
+    }
+
+    /// Projections of the probes through `model` with `adapters` (no steering, no gradients).
+    pub fn measure(&self, model: &CausalLm, adapters: Option<&Adapters>) -> Result<Projections> {
+        let device = model.device();
+        let rows = self.probes.len();
+        let seq = self.probes.iter().map(|p| p.ids.len()).max().unwrap_or(0);
+        let mut ids = vec![0i64; rows * seq];
+        let mut key_mask = vec![vec![false; seq]; rows];
+        for (r, p) in self.probes.iter().enumerate() {
+            for (i, &id) in p.ids.iter().enumerate() {
+                ids[r * seq + i] = id as i64;
+                key_mask[r][i] = true;
+            }
+        }
+        let input = ForwardInput {
+            input_ids: Tensor::from_data(TensorData::new(ids, [rows, seq]), &device),
+            positions: vec![(0..seq).collect(); rows],
+            key_mask: Some(key_mask),
+        };
+        let out = model.forward(&input, None, adapters, None, LogitsFor::None, true);
+        let mut result = Projections {
+            prompt_last: Vec::new(),
+            response_avg: Vec::new(),
+        };
+        for (k, &l) in self.layers.iter().enumerate() {
+            let h = out.hidden_states[l].clone();
+            let hidden = h.dims()[2];
+            let values: Vec<f32> = h.into_data().convert::<f32>().try_into_vec()?;
+            let proj = |r: usize, i: usize| {
+                let at = (r * seq + i) * hidden;
+                values[at..at + hidden]
+                    .iter()
+                    .zip(&self.units[k])
+                    .map(|(a, b)| a * b)
+                    .sum::<f32>()
+            };
+            let (mut last, mut avg) = (0.0, 0.0);
+            for (r, p) in self.probes.iter().enumerate() {
+                last += proj(r, p.response_start - 1);
+                let n = p.ids.len() - p.response_start;
+                avg += (p.response_start..p.ids.len())
+                    .map(|i| proj(r, i))
+                    .sum::<f32>()
+                    / n.max(1) as f32;
+            }
+            result.prompt_last.push(last / rows as f32);
+            result.response_avg.push(avg / rows as f32);
+        }
+        Ok(result)
+    }
+
+    /// TensorBoard scalars for `p`: projections, shifts from the base, and the headline shift.
+    pub fn scalars(&self, p: &Projections) -> Vec<(String, f64)> {
+        let t = &self.trait_name;
+        let mut out = Vec::new();
+        for (k, &l) in self.layers.iter().enumerate() {
+            let shift = p.prompt_last[k] - self.base.prompt_last[k];
+            let shift_avg = p.response_avg[k] - self.base.response_avg[k];
+            out.push((format!("projection/{t}/prompt_last/layer_{l}"), p.prompt_last[k] as f64));
+            out.push((format!("projection/{t}/response_avg/layer_{l}"), p.response_avg[k] as f64));
+            out.push((format!("projection_shift/{t}/layer_{l}"), shift as f64));
+            out.push((format!("projection_shift/{t}/response_avg/layer_{l}"), shift_avg as f64));
+            if l == self.main_layer {
+                out.push((format!("projection_shift/{t}"), shift as f64));
+            }
+        }
+        out
+    }
+
+    /// The headline shift (last prompt token, main layer).
+    pub fn main_shift(&self, p: &Projections) -> f32 {
+        let k = self
+            .layers
+            .iter()
+            .position(|&l| l == self.main_layer)
+            .expect("the main layer is monitored");
+        p.prompt_last[k] - self.base.prompt_last[k]
+    }
+}
+
+fn read_cache(path: &Path, prompts: &[String]) -> Option<Vec<Probe>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let probes: Vec<Probe> = text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<serde_json::Result<_>>()
+        .ok()?;
+    let same = probes.len() == prompts.len() && probes.iter().zip(prompts).all(|(p, q)| &p.prompt == q);
+    same.then_some(probes)
+}
+
+fn build_probes(
+    model: &CausalLm,
+    tokenizer: &Tokenizer,
+    prompts: &[String],
+    response_tokens: usize,
+) -> Result<Vec<Probe>> {
+    let encoded = prompts
+        .iter()
+        .map(|q| Ok(tokenizer.encode_chat(&[ChatMessage::new("user", q)], true)?.ids))
+        .collect::<Result<Vec<_>>>()?;
+    let pad = tokenizer.pad_id().or(tokenizer.eos_id()).unwrap_or(0);
+    let sampling = Sampling {
+        max_new_tokens: response_tokens,
+        ..Sampling::default()
+    };
+    let answers = generate(model, &encoded, tokenizer.stop_ids(), pad, &sampling, None)?;
+    Ok(prompts
+        .iter()
+        .zip(encoded)
+        .zip(answers)
+        .map(|((prompt, mut ids), answer)| {
+            let response_start = ids.len();
+            // An empty answer still needs one token to average over.
+            let answer = if answer.is_empty() {
+                vec![tokenizer.stop_ids().first().copied().unwrap_or(pad)]
+            } else {
+                answer
+            };
+            ids.extend(answer);
+            Probe {
+                prompt: prompt.clone(),
+                ids,
+                response_start,
+            }
+        })
+        .collect())
+}
