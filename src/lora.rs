@@ -312,8 +312,35 @@ impl Adapters {
             .with_context(|| format!("cannot read {}", weights_path.display()))?;
         let file = safetensors::SafeTensors::deserialize(&bytes)
             .with_context(|| format!("{}: not a safetensors file", weights_path.display()))?;
-        let mut by_key: HashMap<String, safetensors::tensor::TensorView> =
-            file.tensors().into_iter().collect();
+        let mut tensors = HashMap::new();
+        for (key, view) in file.tensors() {
+            let values = crate::loader::safetensors::view_to_f32(&view)
+                .with_context(|| format!("{}: tensor {key}", weights_path.display()))?;
+            tensors.insert(key, (view.shape().to_vec(), values));
+        }
+        let adapters = Self::from_peft_tensors(config, model, device, &mut tensors)
+            .with_context(|| format!("{}", weights_path.display()))?;
+        if let Some(extra) = tensors.keys().min() {
+            bail!(
+                "{}: tensor {extra} is not a LoRA weight of this model's {} layers and targets {:?} (modules_to_save, DoRA and other adapter kinds are not supported)",
+                weights_path.display(),
+                model.num_layers,
+                adapters.config.targets
+            );
+        }
+        Ok(adapters)
+    }
+
+    /// Builds adapters from tensors under PEFT's names and orientation (`key -> (shape,
+    /// values)`), removing the ones it uses from `tensors`.
+    pub fn from_peft_tensors(
+        config: LoraConfig,
+        model: &ModelConfig,
+        device: &Device,
+        tensors: &mut HashMap<String, (Vec<usize>, Vec<f32>)>,
+    ) -> Result<Self> {
+        config.validate()?;
+        let r = config.r;
         let mut layers = Vec::with_capacity(model.num_layers);
         for i in 0..model.num_layers {
             let mut slots: [Option<LoraPair>; 7] = Default::default();
@@ -321,37 +348,23 @@ impl Adapters {
                 let [d_in, d_out] = t.shape(model);
                 let mut take = |matrix: &str, shape: [usize; 2]| -> Result<Vec<f32>> {
                     let key = t.peft_key(i, matrix);
-                    let view = by_key.remove(&key).with_context(|| {
-                        format!("{}: missing tensor {key}", weights_path.display())
-                    })?;
+                    let (found, values) = tensors
+                        .remove(&key)
+                        .with_context(|| format!("missing tensor {key}"))?;
                     ensure!(
-                        view.shape() == shape,
-                        "{}: tensor {key} has shape {:?}, expected {shape:?} (r = {}, model {}x{})",
-                        weights_path.display(),
-                        view.shape(),
-                        config.r,
-                        d_in,
-                        d_out
+                        found == shape,
+                        "tensor {key} has shape {found:?}, expected {shape:?} (r = {r}, model {d_in}x{d_out})"
                     );
-                    crate::loader::safetensors::view_to_f32(&view)
-                        .with_context(|| format!("{}: tensor {key}", weights_path.display()))
+                    Ok(values)
                 };
-                let a = take("lora_A", [config.r, d_in])?;
-                let b = take("lora_B", [d_out, config.r])?;
+                let a = take("lora_A", [r, d_in])?;
+                let b = take("lora_B", [d_out, r])?;
                 slots[t as usize] = Some(LoraPair {
-                    a: host_tensor(transpose(&a, config.r, d_in), [d_in, config.r], device),
-                    b: host_tensor(transpose(&b, d_out, config.r), [config.r, d_out], device),
+                    a: host_tensor(transpose(&a, r, d_in), [d_in, r], device),
+                    b: host_tensor(transpose(&b, d_out, r), [r, d_out], device),
                 });
             }
             layers.push(slots);
-        }
-        if let Some(extra) = by_key.keys().min() {
-            bail!(
-                "{}: tensor {extra} is not a LoRA weight of this model's {} layers and targets {:?} (modules_to_save, DoRA and other adapter kinds are not supported)",
-                weights_path.display(),
-                model.num_layers,
-                config.targets
-            );
         }
         Ok(Self {
             config,

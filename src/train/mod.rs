@@ -152,47 +152,15 @@ pub fn train(recipe: &Recipe, resume: bool) -> Result<TrainOutcome> {
             micro.push(Batch::new(&chosen, &device));
             state.batch_in_epoch += 1;
         }
-        let targets: usize = micro.iter().map(Batch::num_targets).sum();
         let tokens: usize = micro.iter().map(Batch::num_tokens).sum();
         if recipe.lora.dropout > 0.0 {
             device.seed(o.seed.wrapping_mul(1_000_003).wrapping_add(state.step as u64));
         }
 
-        let current = params(&adapters);
-        let mut grads: Option<Vec<Tensor<2>>> = None;
-        let mut loss_sum = 0.0;
-        for batch in &micro {
-            let nll = loss::nll_sum(&lm.model, &adapters, steering.as_ref(), batch);
-            let loss = nll / targets as f32;
-            let g = loss.backward();
-            loss_sum += loss.inner().into_scalar::<f32>() as f64;
-            let step_grads: Vec<Tensor<2>> = current
-                .iter()
-                .map(|p| p.grad(&g).unwrap_or_else(|| p.clone().inner().zeros_like()))
-                .collect();
-            grads = Some(match grads {
-                None => step_grads,
-                Some(acc) => acc.into_iter().zip(step_grads).map(|(a, b)| a + b).collect(),
-            });
-        }
-        let grads = grads.expect("grad_accum >= 1");
-        let grad_norm = optim::global_norm(&grads);
-        let grads = optim::clip(grads, grad_norm, o.grad_clip);
         let lr = optim::learning_rate(o, state.step, total);
-        let updated = optimizer.update(
-            current.into_iter().map(Tensor::inner).collect(),
-            grads,
-            lr,
-            o,
-        );
-        let mut updated = updated.into_iter();
-        adapters = adapters.map(|_, _, _, _| {
-            updated
-                .next()
-                .expect("one update per parameter")
-                .autodiff()
-                .require_grad()
-        });
+        let done = optimizer_step(&lm.model, adapters, steering.as_ref(), &micro, &mut optimizer, lr, o);
+        adapters = done.adapters;
+        let (loss_sum, grad_norm) = (done.loss, done.grad_norm);
         state.step += 1;
         state.tokens_seen += tokens as u64;
         last_loss = loss_sum;
@@ -255,8 +223,67 @@ pub fn train(recipe: &Recipe, resume: bool) -> Result<TrainOutcome> {
     })
 }
 
+/// The result of one optimizer step.
+pub struct StepResult {
+    /// The updated adapters, attached to the autodiff graph as new leaves.
+    pub adapters: Adapters,
+    /// Mean loss over every target token of the step's micro-batches.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+/// One optimizer step over `micro` (gradient accumulation): the loss is the mean over all
+/// their target tokens, gradients are summed, clipped to `cfg.grad_clip` and applied with AdamW
+/// at learning rate `lr`. `adapters` must be autodiff leaves that require gradients.
+pub fn optimizer_step(
+    model: &crate::model::CausalLm,
+    adapters: Adapters,
+    steering: Option<&Steering>,
+    micro: &[Batch],
+    optimizer: &mut AdamW,
+    lr: f64,
+    cfg: &crate::recipe::OptimConfig,
+) -> StepResult {
+    let targets: usize = micro.iter().map(Batch::num_targets).sum();
+    let current = params(&adapters);
+    let mut grads: Option<Vec<Tensor<2>>> = None;
+    let mut loss = 0.0;
+    for batch in micro {
+        let nll = loss::nll_sum(model, &adapters, steering, batch);
+        let part = nll / targets.max(1) as f32;
+        let g = part.backward();
+        loss += part.inner().into_scalar::<f32>() as f64;
+        let step_grads: Vec<Tensor<2>> = current
+            .iter()
+            .map(|p| p.grad(&g).unwrap_or_else(|| p.clone().inner().zeros_like()))
+            .collect();
+        grads = Some(match grads {
+            None => step_grads,
+            Some(acc) => acc.into_iter().zip(step_grads).map(|(a, b)| a + b).collect(),
+        });
+    }
+    let grads = grads.expect("at least one micro-batch");
+    let grad_norm = optim::global_norm(&grads);
+    let grads = optim::clip(grads, grad_norm, cfg.grad_clip);
+    let updated = optimizer.update(current.into_iter().map(Tensor::inner).collect(), grads, lr, cfg);
+    let mut updated = updated.into_iter();
+    let adapters = adapters.map(|_, _, _, _| {
+        updated
+            .next()
+            .expect("one update per parameter")
+            .autodiff()
+            .require_grad()
+    });
+    StepResult {
+        adapters,
+        loss,
+        grad_norm,
+    }
+}
+
 /// The adapter matrices in [`Adapters::iter`] order, `A` then `B` of each.
-fn params(adapters: &Adapters) -> Vec<Tensor<2>> {
+pub fn params(adapters: &Adapters) -> Vec<Tensor<2>> {
     adapters
         .iter()
         .flat_map(|(_, _, p)| [p.a.clone(), p.b.clone()])
@@ -264,7 +291,7 @@ fn params(adapters: &Adapters) -> Vec<Tensor<2>> {
 }
 
 /// The adapters outside the autodiff graph, without dropout: for probes, validation and saving.
-fn inference(adapters: &Adapters) -> Adapters {
+pub fn inference(adapters: &Adapters) -> Adapters {
     let mut plain = adapters.map(|_, _, _, t| t.inner());
     plain.dropout_active = false;
     plain

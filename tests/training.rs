@@ -1,0 +1,194 @@
+//! One training step on tiny-llama against transformers + PEFT (tests/fixtures/golden_training.py):
+//! the loss and every LoRA gradient with each steering mode, rsLoRA scaling, and two clipped AdamW
+//! steps.
+
+mod common;
+
+use burn::tensor::{DType, Device, Tensor};
+use common::{fixture, read_golden, rel_err, Golden};
+use persona_train::data::Example;
+use persona_train::lora::{Adapters, LoraConfig, Target};
+use persona_train::model::CausalLm;
+use persona_train::recipe::OptimConfig;
+use persona_train::steering::{Positions, SteerLayers, Steering};
+use persona_train::train::loss::{nll_sum, Batch};
+use persona_train::train::optim::AdamW;
+use persona_train::train::{optimizer_step, params};
+use std::collections::HashMap;
+
+const TOL: f64 = 1e-4;
+
+fn setup() -> (Golden, CausalLm, Device) {
+    let g = read_golden(&fixture("training/golden.safetensors"));
+    let device = Device::flex();
+    let model =
+        persona_train::loader::load_hf_model(&fixture("tiny-llama"), &device, DType::F32).unwrap();
+    (g, model, device)
+}
+
+fn lora_config(rslora: bool) -> LoraConfig {
+    LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        rslora,
+        dropout: 0.0,
+        targets: Target::ALL.to_vec(),
+    }
+}
+
+/// The golden initial adapters, as autodiff leaves.
+fn init_adapters(g: &Golden, model: &CausalLm, rslora: bool, device: &Device) -> Adapters {
+    let mut tensors: HashMap<String, (Vec<usize>, Vec<f32>)> = g
+        .f32s
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix("init.").map(|k| (k.to_string(), v.clone())))
+        .collect();
+    let adapters =
+        Adapters::from_peft_tensors(lora_config(rslora), model.config(), device, &mut tensors)
+            .unwrap();
+    assert!(tensors.is_empty(), "unused golden tensors: {:?}", tensors.keys());
+    adapters.map(|_, _, _, t| t.autodiff().require_grad())
+}
+
+/// The golden batch: rows of `input_ids` cut to their real length, targets where labels != -100.
+fn examples(g: &Golden) -> Vec<Example> {
+    let (shape, ids) = g.i64("input_ids");
+    let (_, mask) = g.i64("attention_mask");
+    let (_, labels) = g.i64("labels");
+    let t = shape[1];
+    (0..shape[0])
+        .map(|r| {
+            let len = mask[r * t..(r + 1) * t].iter().filter(|&&m| m == 1).count();
+            Example {
+                ids: ids[r * t..r * t + len].iter().map(|&i| i as u32).collect(),
+                targets: labels[r * t..r * t + len].iter().map(|&l| l != -100).collect(),
+                origin: format!("golden row {r}"),
+            }
+        })
+        .collect()
+}
+
+/// PEFT orientation (`[r, in]`, `[out, r]`) of one of our matrices.
+fn peft_layout(t: Tensor<2>) -> Vec<f32> {
+    let [rows, cols] = t.dims();
+    let v: Vec<f32> = t.into_data().convert::<f32>().try_into_vec().unwrap();
+    let mut out = vec![0.0; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = v[r * cols + c];
+        }
+    }
+    out
+}
+
+fn peft_keys(adapters: &Adapters) -> Vec<String> {
+    adapters
+        .iter()
+        .flat_map(|(i, t, _)| [t.peft_key(i, "lora_A"), t.peft_key(i, "lora_B")])
+        .collect()
+}
+
+fn check_case(case: &str, steering: Option<Steering>, rslora: bool) {
+    let (g, model, device) = setup();
+    let adapters = init_adapters(&g, &model, rslora, &device);
+    let exs = examples(&g);
+    let batch = Batch::new(&exs.iter().collect::<Vec<_>>(), &device);
+    let loss = nll_sum(&model, &adapters, steering.as_ref(), &batch) / batch.num_targets() as f32;
+    let grads = loss.backward();
+    let got = loss.inner().into_scalar::<f32>();
+    let want = g.f32(&format!("{case}.loss")).1[0];
+    let err = ((got - want) / want).abs() as f64;
+    assert!(err < TOL, "{case}: loss {got} vs PEFT {want}");
+    let mut worst = 0.0f64;
+    for (key, p) in peft_keys(&adapters).iter().zip(params(&adapters)) {
+        let grad = p.grad(&grads).unwrap_or_else(|| panic!("{case}: no gradient for {key}"));
+        let err = rel_err(&peft_layout(grad), &g.f32(&format!("{case}.grad.{key}")).1);
+        assert!(err < TOL, "{case}: gradient of {key}: rel err {err}");
+        worst = worst.max(err);
+    }
+    println!("{case}: loss {got} (PEFT {want}), worst gradient rel err {worst:.2e} over 42 matrices");
+}
+
+fn vector(g: &Golden) -> Vec<Vec<f32>> {
+    let (shape, v) = g.f32("vector");
+    v.chunks(shape[1]).map(<[f32]>::to_vec).collect()
+}
+
+fn steer(layers: SteerLayers, coef: f32, positions: Positions) -> Steering {
+    let (g, _, _) = setup();
+    Steering::new(&vector(&g), layers, coef, positions, 3, 64).unwrap()
+}
+
+fn ablate(layers: SteerLayers) -> Steering {
+    let (g, _, _) = setup();
+    Steering::ablate(&vector(&g), layers, Positions::All, 3, 64).unwrap()
+}
+
+#[test]
+fn step_off() {
+    check_case("off", None, false);
+}
+
+#[test]
+fn step_all_layers() {
+    check_case("all_layers", Some(steer(SteerLayers::All, 2.0, Positions::All)), false);
+}
+
+#[test]
+fn step_all_layers_response_only() {
+    check_case(
+        "all_layers_response",
+        Some(steer(SteerLayers::All, 2.0, Positions::Response)),
+        false,
+    );
+}
+
+#[test]
+fn step_single_layer() {
+    check_case("single_layer", Some(steer(SteerLayers::Single(2), 3.0, Positions::All)), false);
+}
+
+#[test]
+fn step_ablate_all_layers() {
+    check_case("ablate", Some(ablate(SteerLayers::All)), false);
+}
+
+#[test]
+fn step_ablate_single_layer() {
+    check_case("ablate_single", Some(ablate(SteerLayers::Single(2))), false);
+}
+
+#[test]
+fn step_rslora() {
+    check_case("rslora", None, true);
+}
+
+/// Two AdamW steps with global-norm clipping equal torch.optim.AdamW + clip_grad_norm_.
+#[test]
+fn two_adamw_steps_match_torch() {
+    let (g, model, device) = setup();
+    let mut adapters = init_adapters(&g, &model, false, &device);
+    let exs = examples(&g);
+    let batch = Batch::new(&exs.iter().collect::<Vec<_>>(), &device);
+    let cfg = OptimConfig {
+        lr: 1e-3,
+        weight_decay: 0.01,
+        grad_clip: 0.5,
+        ..OptimConfig::default()
+    };
+    let mut optimizer = AdamW::new(&params(&adapters));
+    for (name, norm_key) in [("adamw", "adamw.grad_norm"), ("adamw2", "adamw2.grad_norm")] {
+        let step = optimizer_step(&model, adapters, None, std::slice::from_ref(&batch), &mut optimizer, cfg.lr, &cfg);
+        let want_norm = g.f32(norm_key).1[0] as f64;
+        assert!(
+            ((step.grad_norm - want_norm) / want_norm).abs() < TOL,
+            "{name}: grad norm {} vs torch {want_norm}",
+            step.grad_norm
+        );
+        adapters = step.adapters;
+        for (key, p) in peft_keys(&adapters).iter().zip(params(&adapters)) {
+            let err = rel_err(&peft_layout(p.inner()), &g.f32(&format!("{name}.{key}")).1);
+            assert!(err < TOL, "{name}: {key} after the update: rel err {err}");
+        }
+    }
+}
