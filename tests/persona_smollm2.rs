@@ -92,7 +92,7 @@ fn extract_with_local_judge_then_steering_moves_the_projection() {
         no_filter: true,
         ..ExtractConfig::default()
     };
-    let summary = extract(&m, "default", &artifacts, &judge, &cfg, &out).unwrap();
+    let summary = extract(&m, "default", &artifacts, Some(&judge), &cfg, &out).unwrap();
     assert_eq!(summary.kept, 4);
 
     let v = PersonaVector::load(&out).unwrap();

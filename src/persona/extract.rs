@@ -104,10 +104,14 @@ pub fn extract(
     m: &LoadedModel,
     model_source: &str,
     artifacts: &TraitArtifacts,
-    judge: &dyn Judge,
+    judge: Option<&dyn Judge>,
     cfg: &ExtractConfig,
     out: &Path,
 ) -> Result<ExtractSummary> {
+    anyhow::ensure!(
+        judge.is_some() || cfg.no_filter,
+        "extraction without a judge keeps every pair, so it needs no_filter"
+    );
     let rollouts_file = rollouts_path(out);
     let mut done: BTreeMap<(usize, usize, usize, String), Rollout> = read_rollouts(&rollouts_file)?
         .into_iter()
@@ -145,7 +149,10 @@ pub fn extract(
         }
     }
 
-    let bar = progress(todo.len() as u64, "generating + judging");
+    let bar = progress(
+        todo.len() as u64,
+        if judge.is_some() { "generating + judging" } else { "generating" },
+    );
     let mut writer = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -185,8 +192,10 @@ pub fn extract(
             .iter()
             .map(|r| rubric::fill(rubric::COHERENCE, &r.prompt, &r.answer))
             .collect();
-        let traits = judge.score(&trait_prompts)?;
-        let coherence = judge.score(&coherence_prompts)?;
+        let (traits, coherence) = match judge {
+            Some(j) => (j.score(&trait_prompts)?, j.score(&coherence_prompts)?),
+            None => (vec![None; chunk.len()], vec![None; chunk.len()]),
+        };
         for ((r, t), c) in chunk.iter_mut().zip(traits).zip(coherence) {
             r.trait_score = t;
             r.coherence = c;
@@ -255,7 +264,10 @@ pub fn extract(
         ("trait_threshold".to_owned(), cfg.trait_threshold.to_string()),
         ("coherence_threshold".to_owned(), cfg.coherence_threshold.to_string()),
         ("filtered".to_owned(), (!cfg.no_filter).to_string()),
-        ("judge".to_owned(), judge.describe()),
+        (
+            "judge".to_owned(),
+            judge.map_or_else(|| "none".to_owned(), |j| j.describe()),
+        ),
         ("rollouts".to_owned(), cfg.rollouts.to_string()),
         ("max_new_tokens".to_owned(), cfg.max_new_tokens.to_string()),
         ("seed".to_owned(), cfg.seed.to_string()),

@@ -7,7 +7,6 @@ pub mod monitor;
 pub mod optim;
 
 use crate::data::{self, Example};
-use crate::judge::JudgeConfig;
 use crate::loader::{self, LoadedModel};
 use crate::lora::Adapters;
 use crate::persona::artifacts::TraitArtifacts;
@@ -321,13 +320,12 @@ fn persona_vector(recipe: &Recipe, lm: &LoadedModel) -> Result<Option<PersonaVec
     if !path.exists() {
         let artifacts_path = recipe.steering.artifacts_path();
         eprintln!(
-            "{} does not exist: extracting the {} vector first (persona-train extract, local judge, unfiltered, 32-token answers; this takes a while on CPU)",
+            "{} does not exist: extracting the {} vector first (persona-train extract --no-judge --max-new-tokens 32: every pair kept, no judge)",
             path.display(),
             recipe.steering.trait_name
         );
         let artifacts = TraitArtifacts::load(&artifacts_path)
             .with_context(|| format!("steering.artifacts ({})", artifacts_path.display()))?;
-        let judge = JudgeConfig::default().build(&lm.model.device())?;
         let cfg = ExtractConfig {
             max_new_tokens: 32,
             no_filter: true,
@@ -336,7 +334,7 @@ fn persona_vector(recipe: &Recipe, lm: &LoadedModel) -> Result<Option<PersonaVec
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        extract(lm, &recipe.model.source, &artifacts, judge.as_ref(), &cfg, path)?;
+        extract(lm, &recipe.model.source, &artifacts, None, &cfg, path)?;
     }
     PersonaVector::load(path)
         .with_context(|| format!("steering.vector ({})", path.display()))

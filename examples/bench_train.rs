@@ -1,0 +1,118 @@
+//! LoRA training throughput and peak memory on the default model, measured as
+//! `bench/bench_peft_train.py` measures PyTorch + PEFT: r = 16, alpha = 32, all seven targets,
+//! batch 4 x 256 random tokens (all of them targets), AdamW; tokens/s = batch·seq·steps / time
+//! over the timed steps (the first step is warmup).
+//!
+//! `cargo run --release --example bench_train -- [--steps N] [--steer] [--monitor]`
+//! `--steer` adds all-layer preventative steering (random vector, coef 1); `--monitor` also runs
+//! the per-step probe (20 prompts of the sycophancy artifacts) after every step.
+
+use burn::tensor::{DType, Device};
+use persona_train::data::Example;
+use persona_train::lora::{Adapters, LoraConfig};
+use persona_train::recipe::OptimConfig;
+use persona_train::steering::{Positions, SteerLayers, Steering};
+use persona_train::train::loss::Batch;
+use persona_train::train::monitor::Monitor;
+use persona_train::train::optim::AdamW;
+use persona_train::train::{inference, optimizer_step, params};
+use std::time::Instant;
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| args.iter().any(|a| a == name);
+    let steps: usize = args
+        .iter()
+        .position(|a| a == "--steps")
+        .map_or(Ok(6), |i| args[i + 1].parse())?;
+    let device = Device::flex();
+    let m = persona_train::loader::load(&persona_train::source::resolve_default()?, &device, DType::F32)?;
+    let c = m.model.config().clone();
+    let rss_after_load = peak_rss_mib();
+
+    let (batch, seq) = (4usize, 256usize);
+    let examples: Vec<Example> = (0..batch)
+        .map(|r| Example {
+            ids: (0..seq).map(|i| (1000 + (i * 37 + r * 101) % 20000) as u32).collect(),
+            targets: (0..seq).map(|i| i > 0).collect(),
+            origin: format!("bench row {r}"),
+        })
+        .collect();
+    let micro = [Batch::new(&examples.iter().collect::<Vec<_>>(), &device)];
+
+    let vector: Vec<Vec<f32>> = (0..=c.num_layers)
+        .map(|l| (0..c.hidden_size).map(|i| ((l * 31 + i * 7) % 13) as f32 / 13.0 - 0.5).collect())
+        .collect();
+    let steering = flag("--steer")
+        .then(|| Steering::new(&vector, SteerLayers::All, 1.0, Positions::All, c.num_layers, c.hidden_size))
+        .transpose()?;
+    let monitor = if flag("--monitor") {
+        let artifacts = persona_train::persona::artifacts::TraitArtifacts::load(std::path::Path::new(
+            "datasets/traits/sycophancy.json",
+        ))?;
+        let prompts: Vec<String> = artifacts.eval_questions.into_iter().take(20).collect();
+        let cache = std::env::temp_dir().join("bench_train_probes.jsonl");
+        Some(Monitor::new(
+            &m.model,
+            &m.tokenizer,
+            "bench",
+            &vector,
+            &prompts,
+            (1..=c.num_layers).collect(),
+            20,
+            32,
+            &cache,
+        )?)
+    } else {
+        None
+    };
+
+    let lora = LoraConfig::default();
+    let cfg = OptimConfig {
+        lr: 1e-4,
+        ..OptimConfig::default()
+    };
+    let mut adapters = Adapters::init(&lora, &c, 0, &device)?.map(|_, _, _, t| t.autodiff().require_grad());
+    let mut optimizer = AdamW::new(&params(&adapters));
+    let mut timed = 0.0;
+    let mut losses = Vec::new();
+    for step in 0..steps {
+        let t = Instant::now();
+        let done = optimizer_step(&m.model, adapters, steering.as_ref(), &micro, &mut optimizer, cfg.lr, &cfg);
+        adapters = done.adapters;
+        if let Some(mon) = &monitor {
+            mon.measure(&m.model, Some(&inference(&adapters)))?;
+        }
+        losses.push(done.loss);
+        if step > 0 {
+            timed += t.elapsed().as_secs_f64();
+        }
+    }
+    let tokens = (batch * seq * (steps - 1)) as f64;
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "persona_train_lora_train",
+            "steer": steering.is_some(),
+            "monitor": monitor.is_some(),
+            "tokens_per_s": (tokens / timed * 100.0).round() / 100.0,
+            "s_per_step": timed / (steps - 1) as f64,
+            "peak_rss_mb": peak_rss_mib().round(),
+            "peak_rss_after_load_mb": rss_after_load.round(),
+            "steps": steps,
+            "loss_first": losses[0],
+            "loss_last": losses[steps - 1],
+            "threads": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        })
+    );
+    Ok(())
+}
