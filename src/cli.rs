@@ -45,6 +45,26 @@ enum Command {
     Sweep(SweepArgs),
     /// Fine-tunes with LoRA as a recipe says (`persona-train RECIPE.toml` is the same).
     Train(TrainArgs),
+    /// Folds a LoRA adapter into the base weights and writes a Hugging Face model directory.
+    Merge(MergeArgs),
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// The adapter: a training checkpoint (`<run>/step-N`), a run directory (its latest
+    /// checkpoint is taken) or any PEFT LoRA adapter directory.
+    #[arg(long, value_name = "DIR")]
+    adapter: PathBuf,
+    /// The base model (any model source); default: the adapter's `base_model_name_or_path`.
+    #[arg(long, value_name = "SRC")]
+    model: Option<String>,
+    /// `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// The directory to write (must not exist, or be empty): f32 `model.safetensors`,
+    /// `config.json`, tokenizer files and `generation_config.json`.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -370,6 +390,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Artifacts(a) => run_artifacts(a),
         Command::Sweep(a) => run_sweep(a),
         Command::Train(a) => run_train(a),
+        Command::Merge(a) => run_merge(a),
     }
 }
 
@@ -400,6 +421,38 @@ fn run_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+
+fn run_merge(a: MergeArgs) -> Result<()> {
+    let adapter = if a.adapter.join("adapter_config.json").is_file() {
+        a.adapter.clone()
+    } else {
+        let latest = crate::train::checkpoint::list(&a.adapter)?.pop();
+        let (_, dir) = latest.with_context(|| {
+            format!(
+                "{}: no adapter_config.json and no step-N checkpoints; --adapter takes an adapter directory, a checkpoint or a run directory",
+                a.adapter.display()
+            )
+        })?;
+        eprintln!("using the latest checkpoint, {}", dir.display());
+        dir
+    };
+    let spec = match a.model {
+        Some(spec) => spec,
+        None => crate::merge::adapter_base_model(&adapter)?,
+    };
+    let device = crate::device::parse(&a.device)?;
+    let files = source::resolve(&spec)?;
+    let m = loader::load(&files, &device, burn::tensor::DType::F32)?;
+    crate::merge::merge(&m, &adapter, &a.out)
+        .with_context(|| format!("merging {} into {spec}", adapter.display()))?;
+    eprintln!(
+        "wrote {} ({} merged with {})",
+        a.out.display(),
+        spec,
+        adapter.display()
+    );
+    Ok(())
+}
 
 fn run_generate(a: GenerateArgs) -> Result<()> {
     let m = a.model.load()?;

@@ -12,6 +12,7 @@ pub mod gguf;
 pub mod judge;
 pub mod loader;
 pub mod lora;
+pub mod merge;
 pub mod model;
 pub mod persona;
 pub mod plot;

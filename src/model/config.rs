@@ -29,6 +29,14 @@ impl Architecture {
             Self::Qwen2 => "qwen2",
         }
     }
+
+    /// The transformers class of the causal LM (`architectures` in `config.json`).
+    pub fn hf_class(self) -> &'static str {
+        match self {
+            Self::Llama => "LlamaForCausalLM",
+            Self::Qwen2 => "Qwen2ForCausalLM",
+        }
+    }
 }
 
 /// How the rotary base frequencies are rescaled for long context.
@@ -115,6 +123,62 @@ impl ModelConfig {
         }
     }
 
+    /// This configuration as a Hugging Face `config.json` (without token ids, which belong to
+    /// the tokenizer), in the legacy `rope_theta`/`rope_scaling` form that transformers 4 and 5
+    /// both read, as [`ModelConfig::from_hf_json`] does.
+    ///
+    /// Frequency factors from a GGUF file (`rope_freqs.weight`) are written as the Llama 3
+    /// scaling that reproduces them; factors that no Llama 3 scaling reproduces are an error,
+    /// because a Hugging Face config cannot carry per-frequency factors.
+    ///
+    /// Qwen2 gets no `attention_bias` field: transformers always gives it q/k/v biases (a
+    /// Qwen2 without them must be written with zero biases).
+    pub fn to_hf_json(&self) -> Result<serde_json::Value> {
+        let rope_scaling = match &self.rope_scaling {
+            None => None,
+            Some(RopeScaling::Llama3(s)) => Some(*s),
+            Some(RopeScaling::FreqFactors(f)) => {
+                llama3_from_freq_factors(f, self.rope_theta, self.head_dim).context(
+                    "rope frequency factors (GGUF rope_freqs.weight) cannot be written as a Hugging Face rope_scaling",
+                )?
+            }
+        };
+        let rope_scaling = match rope_scaling {
+            None => serde_json::Value::Null,
+            Some(s) => serde_json::json!({
+                "rope_type": "llama3",
+                "factor": f32_json(s.factor),
+                "low_freq_factor": f32_json(s.low_freq_factor),
+                "high_freq_factor": f32_json(s.high_freq_factor),
+                "original_max_position_embeddings": s.original_max_position_embeddings,
+            }),
+        };
+        let mut v = serde_json::json!({
+            "architectures": [self.architecture.hf_class()],
+            "model_type": self.architecture.name(),
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": f64_json(self.rms_norm_eps),
+            "rope_theta": f32_json(self.rope_theta),
+            "rope_scaling": rope_scaling,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "torch_dtype": "float32",
+            "use_cache": true,
+        });
+        if self.architecture == Architecture::Llama {
+            v["attention_bias"] = self.attention_bias.into();
+            v["mlp_bias"] = false.into();
+        }
+        Ok(v)
+    }
+
     /// Reads a Hugging Face `config.json`.
     pub fn from_hf_config(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -186,6 +250,172 @@ impl ModelConfig {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// `x` as the shortest decimal that reads back as the same f32 (`0.1`, not `0.10000000149`).
+fn f32_json(x: f32) -> serde_json::Value {
+    let shortest: f64 = x.to_string().parse().unwrap_or(x as f64);
+    serde_json::Number::from_f64(shortest).map_or(serde_json::Value::Null, Into::into)
+}
+
+/// Like [`f32_json`] for a value that came from an f32 (GGUF stores epsilons as f32), else as is.
+fn f64_json(x: f64) -> serde_json::Value {
+    if (x as f32) as f64 == x {
+        f32_json(x as f32)
+    } else {
+        serde_json::Number::from_f64(x).map_or(serde_json::Value::Null, Into::into)
+    }
+}
+
+/// Largest relative difference allowed between the given frequency factors' inverse
+/// frequencies and those of the derived Llama 3 scaling (the factors are stored as f32).
+const FREQ_FACTOR_TOL: f64 = 1e-5;
+
+/// The Llama 3 scaling whose inverse frequencies equal `base / factors` (what llama.cpp's
+/// converter writes as `rope_freqs.weight`), `None` when every factor is 1.
+///
+/// The scaling depends on `original_max_position_embeddings`, `low_freq_factor` and
+/// `high_freq_factor` only through their ratios, so `low_freq_factor` is taken as 1 (Llama
+/// 3.x's value). Between the two wavelength thresholds the smoothing term is linear in
+/// 1/wavelength; a least-squares line through the factors in that band gives the other two.
+/// With fewer than two factors in the band, `high_freq_factor` is taken as 4 (Llama 3.x's) and
+/// `original_max_position_embeddings` chosen to fit. Whatever is derived is checked against
+/// every factor.
+fn llama3_from_freq_factors(
+    factors: &[f32],
+    theta: f32,
+    head_dim: usize,
+) -> Result<Option<Llama3RopeScaling>> {
+    let half = head_dim / 2;
+    if factors.len() != half {
+        bail!(
+            "{} factors for head_dim {head_dim} (expected {half})",
+            factors.len()
+        );
+    }
+    let f: Vec<f64> = factors.iter().map(|&x| x as f64).collect();
+    if let Some(bad) = f.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+        bail!("factor {bad} is not a positive number");
+    }
+    let base: Vec<f64> = (0..half)
+        .map(|i| 1.0 / (theta as f64).powf((2 * i) as f64 / head_dim as f64))
+        .collect();
+    let target: Vec<f64> = base.iter().zip(&f).map(|(b, f)| b / f).collect();
+    let factor = f.iter().cloned().fold(f64::MIN, f64::max);
+    let close = |a: f64, b: f64| (a - b).abs() <= FREQ_FACTOR_TOL * b.abs();
+    if f.iter().all(|&x| close(x, 1.0)) {
+        return Ok(None);
+    }
+    if factor < 1.0 {
+        bail!("the largest factor is {factor} (< 1); Llama 3 scaling only divides frequencies");
+    }
+    let wavelen: Vec<f64> = base
+        .iter()
+        .map(|b| 2.0 * std::f64::consts::PI / b)
+        .collect();
+    // The smoothing weight of each factor in the band: 1/f = (1 - s)/factor + s.
+    let band: Vec<(f64, f64)> = (0..half)
+        .filter(|&i| !close(f[i], 1.0) && !close(f[i], factor))
+        .map(|i| {
+            (
+                1.0 / wavelen[i],
+                (1.0 / f[i] - 1.0 / factor) / (1.0 - 1.0 / factor),
+            )
+        })
+        .collect();
+    let low = 1.0f64;
+    let (old_len, high) = if band.len() >= 2 {
+        // s = x·old/(high - 1) - 1/(high - 1), x = 1/wavelength (with low = 1).
+        let n = band.len() as f64;
+        let (mx, ms) = band
+            .iter()
+            .fold((0.0, 0.0), |(a, b), (x, s)| (a + x / n, b + s / n));
+        let sxx: f64 = band.iter().map(|(x, _)| (x - mx).powi(2)).sum();
+        let sxs: f64 = band.iter().map(|(x, s)| (x - mx) * (s - ms)).sum();
+        let slope = sxs / sxx;
+        let intercept = ms - slope * mx;
+        if !(slope > 0.0 && intercept < 0.0) {
+            bail!("no Llama 3 scaling reproduces them: the factors between 1 and {factor} do not rise with wavelength as Llama 3 scaling's do");
+        }
+        (-slope / intercept, 1.0 - 1.0 / intercept)
+    } else {
+        let high = 4.0;
+        let old = match band.first() {
+            Some(&(x, s)) => (s * (high - low) + low) / x,
+            None => {
+                // A step from 1 to `factor`: any length putting the band between the two works.
+                let below = (0..half)
+                    .filter(|&i| close(f[i], 1.0))
+                    .map(|i| wavelen[i] * high)
+                    .fold(0.0, f64::max);
+                let above = (0..half)
+                    .filter(|&i| close(f[i], factor))
+                    .map(|i| wavelen[i] * low)
+                    .fold(f64::MAX, f64::min);
+                if 8192.0 >= below && 8192.0 <= above {
+                    8192.0
+                } else {
+                    below.ceil()
+                }
+            }
+        };
+        (old, high)
+    };
+    // Scaled by k, (old, low, high) describe the same scaling; a k that makes the length a whole
+    // number may be needed, as transformers wants an integer there.
+    let candidate = |k: f64, high: f64| Llama3RopeScaling {
+        factor: factor as f32,
+        low_freq_factor: (low * k) as f32,
+        high_freq_factor: (high * k) as f32,
+        original_max_position_embeddings: (old_len * k).round().max(1.0) as usize,
+    };
+    let deviation = |s: &Llama3RopeScaling| -> (f64, usize) {
+        let old = s.original_max_position_embeddings as f64;
+        let (l, h, fac) = (
+            s.low_freq_factor as f64,
+            s.high_freq_factor as f64,
+            s.factor as f64,
+        );
+        (0..half)
+            .map(|i| {
+                let (b, w) = (base[i], wavelen[i]);
+                let scaled = if w > old / l {
+                    b / fac
+                } else if w < old / h {
+                    b
+                } else {
+                    let smooth = (old / w - l) / (h - l);
+                    (1.0 - smooth) * b / fac + smooth * b
+                };
+                ((scaled - target[i]).abs() / target[i], i)
+            })
+            .fold((0.0, 0), |a, b| if b.0 > a.0 { b } else { a })
+    };
+    // Prefer round values (Llama 3.x: 8192, 1, 4) when they fit as well.
+    let round = |x: f64| (x * 1000.0).round() / 1000.0;
+    let mut best: Option<(Llama3RopeScaling, (f64, usize))> = None;
+    let candidates = (1..=8)
+        .map(|k| k as f64)
+        .flat_map(|k| [candidate(k, round(high)), candidate(k, high)]);
+    for s in candidates {
+        let d = deviation(&s);
+        if best.as_ref().is_none_or(|(_, bd)| d.0 < bd.0) {
+            best = Some((s, d));
+        }
+        if d.0 <= FREQ_FACTOR_TOL {
+            return Ok(Some(s));
+        }
+    }
+    let (s, (d, i)) = best.expect("candidates were tried");
+    bail!(
+        "no Llama 3 scaling reproduces them: the closest (factor {}, low_freq_factor {}, high_freq_factor {}, original_max_position_embeddings {}) is off by {:.2e} (relative) at frequency {i}, factor {}",
+        s.factor,
+        s.low_freq_factor,
+        s.high_freq_factor,
+        s.original_max_position_embeddings,
+        d,
+        f[i]
+    )
 }
 
 #[derive(Deserialize)]

@@ -44,6 +44,7 @@ pub struct SpecialTokens {
 pub struct ChatTemplate {
     env: Environment<'static>,
     special: SpecialTokens,
+    source: String,
 }
 
 impl ChatTemplate {
@@ -56,8 +57,17 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
-        env.add_template_owned(TEMPLATE_NAME, source)?;
-        Ok(Self { env, special })
+        env.add_template_owned(TEMPLATE_NAME, source.clone())?;
+        Ok(Self {
+            env,
+            special,
+            source,
+        })
+    }
+
+    /// The template's Jinja source, as it was read.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {

@@ -74,6 +74,8 @@ pub struct Tokenizer {
     eos: Option<u32>,
     pad: Option<u32>,
     stop_ids: Vec<u32>,
+    /// The named special tokens' strings, as the chat template and `tokenizer_config.json` see them.
+    special_tokens: SpecialTokens,
     /// The template, or why there is none (a file without one, or one that does not compile).
     chat_template: std::result::Result<ChatTemplate, String>,
     /// Where the tokenizer came from, for error messages.
@@ -283,9 +285,46 @@ impl Tokenizer {
             eos: specials.eos,
             pad: specials.pad,
             stop_ids,
+            special_tokens: specials.tokens,
             chat_template,
             origin,
         }
+    }
+
+    /// Writes `tokenizer.json` (the tokenizer as built, post-processor included) and
+    /// `tokenizer_config.json` (special tokens, chat template) into `dir`, so that
+    /// [`Tokenizer::from_hf_dir`] and transformers' `AutoTokenizer` rebuild this tokenizer.
+    ///
+    /// The config names `PreTrainedTokenizerFast`, which takes `tokenizer.json` as it is (a
+    /// model-specific class could rebuild its own pre-tokenizer), and states no
+    /// `add_bos_token`/`add_eos_token`, so the serialized post-processor stays in force.
+    pub fn save_hf(&self, dir: &Path) -> Result<()> {
+        let tokenizer_path = dir.join("tokenizer.json");
+        self.inner
+            .save(&tokenizer_path, true)
+            .map_err(|e| anyhow!("cannot write {}: {e}", tokenizer_path.display()))?;
+        let mut config = serde_json::Map::new();
+        config.insert("tokenizer_class".into(), "PreTrainedTokenizerFast".into());
+        let t = &self.special_tokens;
+        for (field, token) in [
+            ("bos_token", &t.bos),
+            ("eos_token", &t.eos),
+            ("unk_token", &t.unk),
+            ("pad_token", &t.pad),
+        ] {
+            if let Some(token) = token {
+                config.insert(field.into(), token.as_str().into());
+            }
+        }
+        // Our decode never cleans up spaces before punctuation.
+        config.insert("clean_up_tokenization_spaces".into(), false.into());
+        if let Ok(template) = &self.chat_template {
+            config.insert("chat_template".into(), template.source().into());
+        }
+        let config_path = dir.join("tokenizer_config.json");
+        let text = serde_json::to_string_pretty(&serde_json::Value::Object(config))? + "\n";
+        fs::write(&config_path, text)
+            .with_context(|| format!("cannot write {}", config_path.display()))
     }
 
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
