@@ -141,6 +141,9 @@ struct ExtractArgs {
     /// Keep every pair whatever the judge says.
     #[arg(long)]
     no_filter: bool,
+    /// Do not judge at all (keeps every pair; much faster with the weak local judge).
+    #[arg(long)]
+    no_judge: bool,
     /// Output vector file; rollouts go beside it as NAME.rollouts.jsonl.
     #[arg(long)]
     out: PathBuf,
@@ -582,7 +585,10 @@ fn run_import_cvec(a: ImportCvecArgs) -> Result<()> {
 fn run_extract(a: ExtractArgs) -> Result<()> {
     let artifacts = TraitArtifacts::load(&a.trait_file)?;
     let m = a.model.load()?;
-    let judge = a.judge.config()?.build(&m.model.device())?;
+    let judge = match a.no_judge {
+        true => None,
+        false => Some(a.judge.config()?.build(&m.model.device())?),
+    };
     let cfg = ExtractConfig {
         rollouts: a.rollouts,
         max_new_tokens: a.max_new_tokens,
@@ -590,13 +596,13 @@ fn run_extract(a: ExtractArgs) -> Result<()> {
         batch_size: a.batch_size,
         trait_threshold: a.trait_threshold,
         coherence_threshold: a.coherence_threshold,
-        no_filter: a.no_filter,
+        no_filter: a.no_filter || a.no_judge,
         ..ExtractConfig::default()
     };
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let summary = extract(&m, &a.model.model, &artifacts, judge.as_ref(), &cfg, &a.out)?;
+    let summary = extract(&m, &a.model.model, &artifacts, judge.as_deref(), &cfg, &a.out)?;
     eprintln!(
         "wrote {} ({} pairs kept, {} dropped)",
         a.out.display(),

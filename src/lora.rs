@@ -390,6 +390,10 @@ fn peft_config(text: &str) -> Result<LoraConfig> {
         use_dora: bool,
         #[serde(default)]
         layers_to_transform: Option<serde_json::Value>,
+        #[serde(default)]
+        rank_pattern: BTreeMap<String, serde_json::Value>,
+        #[serde(default)]
+        alpha_pattern: BTreeMap<String, serde_json::Value>,
     }
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -402,6 +406,10 @@ fn peft_config(text: &str) -> Result<LoraConfig> {
         ensure!(kind == "LORA", "peft_type is {kind:?}; only LORA adapters are supported");
     }
     ensure!(!p.use_dora, "use_dora: DoRA adapters are not supported");
+    ensure!(
+        p.rank_pattern.is_empty() && p.alpha_pattern.is_empty(),
+        "rank_pattern/alpha_pattern: per-module ranks or alphas are not supported"
+    );
     ensure!(
         p.layers_to_transform.as_ref().is_none_or(|v| v.is_null()),
         "layers_to_transform is not supported (adapters on every layer are expected)"

@@ -192,3 +192,45 @@ fn two_adamw_steps_match_torch() {
         }
     }
 }
+
+/// Adapters saved by PEFT (`save_pretrained`) load and give PEFT's logits; ours saved back
+/// carry the same tensors under the same names.
+#[test]
+fn peft_adapters_load_and_match_peft_logits() {
+    let device = Device::flex();
+    let model =
+        persona_train::loader::load_hf_model(&fixture("tiny-llama"), &device, DType::F32).unwrap();
+    for name in ["peft-adapter", "peft-adapter-rslora"] {
+        let dir = fixture(name);
+        let adapters = Adapters::load_peft(&dir, model.config(), &device).unwrap();
+        let g = read_golden(&dir.join("golden.safetensors"));
+        let ids: Vec<u32> = g.i64("input_ids").1.iter().map(|&i| i as u32).collect();
+        let out = model.forward(
+            &persona_train::model::ForwardInput::dense(&[ids], 0, &device),
+            None,
+            Some(&adapters),
+            None,
+            persona_train::model::LogitsFor::All,
+            false,
+        );
+        let logits: Vec<f32> = out.logits.unwrap().into_data().convert::<f32>().try_into_vec().unwrap();
+        let err = rel_err(&logits, &g.f32("logits").1);
+        assert!(err < TOL, "{name}: logits rel err {err} against PEFT");
+
+        let tmp = tempfile::tempdir().unwrap();
+        adapters.save_peft(tmp.path(), "tests/fixtures/tiny-llama").unwrap();
+        let theirs = read_golden(&dir.join("adapter_model.safetensors"));
+        let ours = read_golden(&tmp.path().join("adapter_model.safetensors"));
+        assert_eq!(
+            ours.f32s.keys().collect::<std::collections::BTreeSet<_>>(),
+            theirs.f32s.keys().collect(),
+            "{name}: tensor names differ from PEFT's"
+        );
+        for (k, (shape, v)) in &theirs.f32s {
+            assert_eq!(&ours.f32(k).0, shape, "{name}: {k} shape");
+            assert_eq!(&ours.f32(k).1, v, "{name}: {k} values");
+        }
+        let back = Adapters::load_peft(tmp.path(), model.config(), &device).unwrap();
+        assert_eq!(back.config, adapters.config);
+    }
+}
