@@ -4,6 +4,8 @@
 //! `cargo run --release --example bench_engine [-- --device cpu|cuda]`; numbers go into
 //! BENCHMARKS.md beside `bench/bench_transformers.py` run on the same machine.
 
+mod common;
+
 use burn::tensor::DType;
 use persona_train::generate::{generate, Sampling};
 use persona_train::model::{ForwardInput, LogitsFor};
@@ -12,15 +14,6 @@ use std::time::Instant;
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
-}
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,7 +33,9 @@ fn main() -> anyhow::Result<()> {
     for batch in [1usize, 8] {
         let input = ForwardInput::dense(&vec![prompt.clone(); batch], 0, &device);
         let run = || {
-            let out = m.model.forward(&input, None, None, None, LogitsFor::All, false);
+            let out = m
+                .model
+                .forward(&input, None, None, None, LogitsFor::All, false);
             let _ = out.logits.unwrap().into_data();
         };
         run();
@@ -74,6 +69,6 @@ fn main() -> anyhow::Result<()> {
         "decode b=1, 128-token prompt, 64 new: {:.1} tokens/s",
         63.0 / (full - one)
     );
-    println!("peak RSS: {:.0} MiB", peak_rss_mib());
+    println!("peak RSS: {:.0} MiB", common::peak_rss_mib());
     Ok(())
 }

@@ -7,6 +7,8 @@
 //! `--steer` adds all-layer preventative steering (random vector, coef 1); `--monitor` also runs
 //! the per-step probe (20 prompts of the sycophancy artifacts) after every step.
 
+mod common;
+
 use burn::tensor::{DType, Device};
 use persona_train::data::Example;
 use persona_train::lora::{Adapters, LoraConfig};
@@ -18,15 +20,6 @@ use persona_train::train::optim::AdamW;
 use persona_train::train::{inference, optimizer_step, params};
 use std::time::Instant;
 
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| args.iter().any(|a| a == name);
@@ -35,14 +28,20 @@ fn main() -> anyhow::Result<()> {
         .position(|a| a == "--steps")
         .map_or(Ok(6), |i| args[i + 1].parse())?;
     let device = Device::flex();
-    let m = persona_train::loader::load(&persona_train::source::resolve_default()?, &device, DType::F32)?;
+    let m = persona_train::loader::load(
+        &persona_train::source::resolve_default()?,
+        &device,
+        DType::F32,
+    )?;
     let c = m.model.config().clone();
-    let rss_after_load = peak_rss_mib();
+    let rss_after_load = common::peak_rss_mib();
 
     let (batch, seq) = (4usize, 256usize);
     let examples: Vec<Example> = (0..batch)
         .map(|r| Example {
-            ids: (0..seq).map(|i| (1000 + (i * 37 + r * 101) % 20000) as u32).collect(),
+            ids: (0..seq)
+                .map(|i| (1000 + (i * 37 + r * 101) % 20000) as u32)
+                .collect(),
             targets: (0..seq).map(|i| i > 0).collect(),
             origin: format!("bench row {r}"),
         })
@@ -50,15 +49,28 @@ fn main() -> anyhow::Result<()> {
     let micro = [Batch::new(&examples.iter().collect::<Vec<_>>(), &device)];
 
     let vector: Vec<Vec<f32>> = (0..=c.num_layers)
-        .map(|l| (0..c.hidden_size).map(|i| ((l * 31 + i * 7) % 13) as f32 / 13.0 - 0.5).collect())
+        .map(|l| {
+            (0..c.hidden_size)
+                .map(|i| ((l * 31 + i * 7) % 13) as f32 / 13.0 - 0.5)
+                .collect()
+        })
         .collect();
     let steering = flag("--steer")
-        .then(|| Steering::new(&vector, SteerLayers::All, 1.0, Positions::All, c.num_layers, c.hidden_size))
+        .then(|| {
+            Steering::new(
+                &vector,
+                SteerLayers::All,
+                1.0,
+                Positions::All,
+                c.num_layers,
+                c.hidden_size,
+            )
+        })
         .transpose()?;
     let monitor = if flag("--monitor") {
-        let artifacts = persona_train::persona::artifacts::TraitArtifacts::load(std::path::Path::new(
-            "datasets/traits/sycophancy.json",
-        ))?;
+        let artifacts = persona_train::persona::artifacts::TraitArtifacts::load(
+            std::path::Path::new("datasets/traits/sycophancy.json"),
+        )?;
         let prompts: Vec<String> = artifacts.eval_questions.into_iter().take(20).collect();
         let cache = std::env::temp_dir().join("bench_train_probes.jsonl");
         Some(Monitor::new(
@@ -81,13 +93,22 @@ fn main() -> anyhow::Result<()> {
         lr: 1e-4,
         ..OptimConfig::default()
     };
-    let mut adapters = Adapters::init(&lora, &c, 0, &device)?.map(|_, _, _, t| t.autodiff().require_grad());
+    let mut adapters =
+        Adapters::init(&lora, &c, 0, &device)?.map(|_, _, _, t| t.autodiff().require_grad());
     let mut optimizer = AdamW::new(&params(&adapters));
     let mut timed = 0.0;
     let mut losses = Vec::new();
     for step in 0..steps {
         let t = Instant::now();
-        let done = optimizer_step(&m.model, adapters, steering.as_ref(), &micro, &mut optimizer, cfg.lr, &cfg);
+        let done = optimizer_step(
+            &m.model,
+            adapters,
+            steering.as_ref(),
+            &micro,
+            &mut optimizer,
+            cfg.lr,
+            &cfg,
+        );
         adapters = done.adapters;
         if let Some(mon) = &monitor {
             mon.measure(&m.model, Some(&inference(&adapters)))?;
@@ -106,7 +127,7 @@ fn main() -> anyhow::Result<()> {
             "monitor": monitor.is_some(),
             "tokens_per_s": (tokens / timed * 100.0).round() / 100.0,
             "s_per_step": timed / (steps - 1) as f64,
-            "peak_rss_mb": peak_rss_mib().round(),
+            "peak_rss_mb": common::peak_rss_mib().round(),
             "peak_rss_after_load_mb": rss_after_load.round(),
             "steps": steps,
             "loss_first": losses[0],

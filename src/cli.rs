@@ -79,7 +79,6 @@ struct TrainArgs {
     resume: bool,
 }
 
-
 /// The judge that scores answers (0–100 for a rubric).
 #[derive(Args)]
 struct JudgeArgs {
@@ -424,7 +423,6 @@ fn run_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-
 fn run_merge(a: MergeArgs) -> Result<()> {
     let adapter = if a.adapter.join("adapter_config.json").is_file() {
         a.adapter.clone()
@@ -602,7 +600,14 @@ fn run_extract(a: ExtractArgs) -> Result<()> {
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let summary = extract(&m, &a.model.model, &artifacts, judge.as_deref(), &cfg, &a.out)?;
+    let summary = extract(
+        &m,
+        &a.model.model,
+        &artifacts,
+        judge.as_deref(),
+        &cfg,
+        &a.out,
+    )?;
     eprintln!(
         "wrote {} ({} pairs kept, {} dropped)",
         a.out.display(),

@@ -156,10 +156,18 @@ pub fn load_examples(
 
 /// Splits off the held-out fraction (at least one example when the fraction is positive and
 /// there are two or more), seeded.
-pub fn split_held_out(mut examples: Vec<Example>, fraction: f32, seed: u64) -> (Vec<Example>, Vec<Example>) {
+pub fn split_held_out(
+    mut examples: Vec<Example>,
+    fraction: f32,
+    seed: u64,
+) -> (Vec<Example>, Vec<Example>) {
     let n = examples.len();
     let k = ((n as f32 * fraction).round() as usize).min(n.saturating_sub(1));
-    let k = if fraction > 0.0 && n >= 2 { k.max(1) } else { k };
+    let k = if fraction > 0.0 && n >= 2 {
+        k.max(1)
+    } else {
+        k
+    };
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x5eed_0f_d47a));
     let held: std::collections::BTreeSet<usize> = order[..k].iter().copied().collect();
@@ -178,7 +186,12 @@ pub fn split_held_out(mut examples: Vec<Example>, fraction: f32, seed: u64) -> (
 /// One epoch's micro-batches, as indices into the examples: a seeded shuffle, then groups of 64
 /// batches' worth sorted by length (less padding), then the batch order shuffled again. The same
 /// `(seed, epoch)` always gives the same batches, which is what resuming relies on.
-pub fn epoch_batches(lengths: &[usize], batch_size: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
+pub fn epoch_batches(
+    lengths: &[usize],
+    batch_size: usize,
+    seed: u64,
+    epoch: usize,
+) -> Vec<Vec<usize>> {
     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ epoch as u64);
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.shuffle(&mut rng);

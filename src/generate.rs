@@ -126,7 +126,14 @@ pub fn generate_seeded(
             decode_steer.as_ref()
         };
         let logits = model
-            .forward(&input, Some(&mut cache), None, steer, LogitsFor::Last, false)
+            .forward(
+                &input,
+                Some(&mut cache),
+                None,
+                steer,
+                LogitsFor::Last,
+                false,
+            )
             .logits
             .expect("LogitsFor::Last returns logits");
         let logits: Vec<f32> = logits.into_data().convert::<f32>().try_into_vec()?;

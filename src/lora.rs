@@ -6,10 +6,11 @@
 //! transposes (`lora_A.weight` `[r, in]`, `lora_B.weight` `[out, r]`) and are converted on the
 //! host when read or written.
 
+use crate::model::transformer::transpose;
 use crate::model::ModelConfig;
 use anyhow::{bail, ensure, Context, Result};
-use burn::tensor::{Distribution, Tensor, TensorData};
 use burn::tensor::Device;
+use burn::tensor::{Distribution, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -162,7 +163,12 @@ pub struct Adapters {
 impl Adapters {
     /// PEFT's initialisation: `A` Kaiming-uniform (a = √5, i.e. U(±1/√in)), `B` zero, so training
     /// starts from the base model exactly. `A` is drawn `[r, in]` row by row as PEFT lays it out.
-    pub fn init(config: &LoraConfig, model: &ModelConfig, seed: u64, device: &Device) -> Result<Self> {
+    pub fn init(
+        config: &LoraConfig,
+        model: &ModelConfig,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
         config.validate()?;
         let mut rng = StdRng::seed_from_u64(seed);
         let mut layers = Vec::with_capacity(model.num_layers);
@@ -403,7 +409,10 @@ fn peft_config(text: &str) -> Result<LoraConfig> {
     }
     let p: Peft = serde_json::from_str(text).context("not a PEFT adapter config")?;
     if let Some(kind) = &p.peft_type {
-        ensure!(kind == "LORA", "peft_type is {kind:?}; only LORA adapters are supported");
+        ensure!(
+            kind == "LORA",
+            "peft_type is {kind:?}; only LORA adapters are supported"
+        );
     }
     ensure!(!p.use_dora, "use_dora: DoRA adapters are not supported");
     ensure!(
@@ -416,7 +425,9 @@ fn peft_config(text: &str) -> Result<LoraConfig> {
     );
     let names = match p.target_modules {
         TargetModules::List(names) => names,
-        TargetModules::Pattern(p) => bail!("target_modules is a pattern ({p:?}); a list of module names is expected"),
+        TargetModules::Pattern(p) => {
+            bail!("target_modules is a pattern ({p:?}); a list of module names is expected")
+        }
     };
     let mut targets = names
         .iter()
@@ -460,14 +471,4 @@ pub(crate) fn host(t: &Tensor<2>) -> Result<Vec<f32>> {
 
 pub(crate) fn host_tensor(values: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(values, shape), device)
-}
-
-pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; values.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = values[r * cols + c];
-        }
-    }
-    out
 }

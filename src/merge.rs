@@ -8,7 +8,8 @@
 //! `out` and renamed into place, so a failed merge leaves no partial model behind.
 
 use crate::loader::LoadedModel;
-use crate::lora::{host, transpose, Adapters, Target};
+use crate::lora::{host, Adapters, Target};
+use crate::model::transformer::transpose;
 use crate::model::{Architecture, CausalLm};
 use anyhow::{bail, ensure, Context, Result};
 use burn::module::Param;

@@ -188,9 +188,9 @@ impl Default for SteeringConfig {
 
 impl SteeringConfig {
     pub fn artifacts_path(&self) -> PathBuf {
-        self.artifacts.clone().unwrap_or_else(|| {
-            PathBuf::from(format!("datasets/traits/{}.json", self.trait_name))
-        })
+        self.artifacts
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("datasets/traits/{}.json", self.trait_name)))
     }
 }
 
@@ -285,13 +285,19 @@ impl Recipe {
     }
 
     pub fn validate(&self) -> Result<()> {
-        ensure!(!self.data.train.is_empty(), "data.train: no training files given");
+        ensure!(
+            !self.data.train.is_empty(),
+            "data.train: no training files given"
+        );
         ensure!(
             (0.0..1.0).contains(&self.data.held_out),
             "data.held_out must be in [0, 1), got {}",
             self.data.held_out
         );
-        ensure!(self.data.max_seq_len >= 2, "data.max_seq_len must be at least 2");
+        ensure!(
+            self.data.max_seq_len >= 2,
+            "data.max_seq_len must be at least 2"
+        );
         self.lora.validate().context("lora")?;
         let o = &self.optim;
         ensure!(o.lr > 0.0, "optim.lr must be positive");
@@ -313,7 +319,10 @@ impl Recipe {
             );
         }
         if s.mode == SteeringMode::SingleLayer {
-            ensure!(s.layer.is_some(), "steering.layer is required for mode \"single_layer\"");
+            ensure!(
+                s.layer.is_some(),
+                "steering.layer is required for mode \"single_layer\""
+            );
         }
         if s.vector.is_some() {
             ensure!(

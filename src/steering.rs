@@ -115,7 +115,13 @@ impl Steering {
             SteerLayers::Single(l) => {
                 check_layer(l, num_layers)?;
                 (0..num_layers)
-                    .map(|b| if b + 1 == l { unit(l).map(Some) } else { Ok(None) })
+                    .map(|b| {
+                        if b + 1 == l {
+                            unit(l).map(Some)
+                        } else {
+                            Ok(None)
+                        }
+                    })
                     .collect::<Result<_>>()?
             }
             SteerLayers::All => (1..=num_layers)
@@ -158,15 +164,15 @@ fn check_layer(l: usize, num_layers: usize) -> Result<()> {
 
 fn check_shape(vector: &[Vec<f32>], num_layers: usize, hidden: usize) -> Result<()> {
     ensure!(
-            vector.len() == num_layers + 1,
-            "persona vector has {} layers, the model needs {} (layers + 1)",
-            vector.len(),
-            num_layers + 1
-        );
-        ensure!(
-            vector.iter().all(|row| row.len() == hidden),
-            "persona vector rows have size {}, the model's hidden size is {hidden}",
-            vector[0].len()
-        );
+        vector.len() == num_layers + 1,
+        "persona vector has {} layers, the model needs {} (layers + 1)",
+        vector.len(),
+        num_layers + 1
+    );
+    ensure!(
+        vector.iter().all(|row| row.len() == hidden),
+        "persona vector rows have size {}, the model's hidden size is {hidden}",
+        vector[0].len()
+    );
     Ok(())
 }

@@ -81,7 +81,15 @@ fn extracts_every_layer_and_resumes_from_rollouts() {
         trait_score: 80.0,
         calls: AtomicUsize::new(0),
     };
-    let summary = extract(m, "default", &artifacts(), Some(&judge), &config(true), &out).unwrap();
+    let summary = extract(
+        m,
+        "default",
+        &artifacts(),
+        Some(&judge),
+        &config(true),
+        &out,
+    )
+    .unwrap();
     assert_eq!((summary.kept, summary.dropped), (2, 0));
     // 2 questions × 1 instruction × 1 rollout × 2 polarities, each judged for trait and coherence.
     assert_eq!(judge.calls.load(Ordering::SeqCst), 8);
@@ -107,7 +115,15 @@ fn extracts_every_layer_and_resumes_from_rollouts() {
         trait_score: 80.0,
         calls: AtomicUsize::new(0),
     };
-    extract(m, "default", &artifacts(), Some(&again), &config(true), &out).unwrap();
+    extract(
+        m,
+        "default",
+        &artifacts(),
+        Some(&again),
+        &config(true),
+        &out,
+    )
+    .unwrap();
     assert_eq!(again.calls.load(Ordering::SeqCst), 0);
     assert_eq!(PersonaVector::load(&out).unwrap(), v);
 
@@ -119,7 +135,15 @@ fn extracts_every_layer_and_resumes_from_rollouts() {
         trait_score: 80.0,
         calls: AtomicUsize::new(0),
     };
-    extract(m, "default", &artifacts(), Some(&third), &config(true), &out).unwrap();
+    extract(
+        m,
+        "default",
+        &artifacts(),
+        Some(&third),
+        &config(true),
+        &out,
+    )
+    .unwrap();
     assert_eq!(third.calls.load(Ordering::SeqCst), 2);
     // Rollouts are seeded by their key, so the redone one is what the first run wrote.
     assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
@@ -135,9 +159,16 @@ fn the_filter_drops_pairs_the_judge_does_not_separate() {
         trait_score: 80.0,
         calls: AtomicUsize::new(0),
     };
-    let err = extract(m, "default", &artifacts(), Some(&judge), &config(false), &out)
-        .unwrap_err()
-        .to_string();
+    let err = extract(
+        m,
+        "default",
+        &artifacts(),
+        Some(&judge),
+        &config(false),
+        &out,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         err.contains("no rollout pair passed") && err.contains("--no-filter"),
         "{err}"

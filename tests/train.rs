@@ -60,7 +60,10 @@ fn ci_recipe_trains_checkpoints_and_logs_every_tag() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(names.contains("step-2") && names.contains("step-4"), "{names:?}");
+    assert!(
+        names.contains("step-2") && names.contains("step-4"),
+        "{names:?}"
+    );
     assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
     let model = persona_train::loader::load(
         &persona_train::source::resolve_default().unwrap(),
@@ -86,9 +89,10 @@ fn ci_recipe_trains_checkpoints_and_logs_every_tag() {
         assert_eq!(recipe.name, "tiny");
         assert_eq!(recipe.lora.r, 4);
     }
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run_dir.join("step-4/adapter_config.json")).unwrap())
-            .unwrap();
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run_dir.join("step-4/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(config["peft_type"], "LORA");
     assert_eq!(config["r"], 4);
 
@@ -106,18 +110,28 @@ fn ci_recipe_trains_checkpoints_and_logs_every_tag() {
     ];
     for l in [10, 20] {
         expected.push(format!("projection_shift/sycophancy/layer_{l}"));
-        expected.push(format!("projection_shift/sycophancy/response_avg/layer_{l}"));
+        expected.push(format!(
+            "projection_shift/sycophancy/response_avg/layer_{l}"
+        ));
         expected.push(format!("projection/sycophancy/prompt_last/layer_{l}"));
         expected.push(format!("projection/sycophancy/response_avg/layer_{l}"));
     }
     for tag in &expected {
-        assert!(tags.contains(tag.as_str()), "TensorBoard has no {tag}: {tags:?}");
+        assert!(
+            tags.contains(tag.as_str()),
+            "TensorBoard has no {tag}: {tags:?}"
+        );
     }
     let m = metrics(&run_dir);
     assert_eq!(m.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3, 4]);
     for s in scalars.iter().filter(|s| s.tag == "train/loss") {
         let want = m[&(s.step as u64)]["loss"].as_f64().unwrap();
-        assert!((s.value - want).abs() < 1e-5, "step {}: {} vs {want}", s.step, s.value);
+        assert!(
+            (s.value - want).abs() < 1e-5,
+            "step {}: {} vs {want}",
+            s.step,
+            s.value
+        );
     }
     // The headline shift is logged at step 0 (the base, 0 by definition) and at each probe.
     let shifts: Vec<(i64, f64)> = scalars
@@ -125,9 +139,15 @@ fn ci_recipe_trains_checkpoints_and_logs_every_tag() {
         .filter(|s| s.tag == "projection_shift/sycophancy")
         .map(|s| (s.step, s.value))
         .collect();
-    assert_eq!(shifts.iter().map(|s| s.0).collect::<Vec<_>>(), vec![0, 2, 4]);
+    assert_eq!(
+        shifts.iter().map(|s| s.0).collect::<Vec<_>>(),
+        vec![0, 2, 4]
+    );
     assert_eq!(shifts[0].1, 0.0);
-    assert!(shifts[2].1 != 0.0, "training did not move the probes at all");
+    assert!(
+        shifts[2].1 != 0.0,
+        "training did not move the probes at all"
+    );
 
     if let Some(py) = common::python_tensorboard_scalars(&tb_dir) {
         let py_tags: BTreeSet<&str> = py.keys().map(String::as_str).collect();
@@ -135,9 +155,8 @@ fn ci_recipe_trains_checkpoints_and_logs_every_tag() {
         for s in &scalars {
             let points = &py[&s.tag];
             assert!(
-                points
-                    .iter()
-                    .any(|&(step, v)| step == s.step && (v - s.value).abs() <= 1e-6 * s.value.abs().max(1.0)),
+                points.iter().any(|&(step, v)| step == s.step
+                    && (v - s.value).abs() <= 1e-6 * s.value.abs().max(1.0)),
                 "TensorBoard's reader lacks {} at step {}",
                 s.tag,
                 s.step
@@ -148,7 +167,8 @@ fn ci_recipe_trains_checkpoints_and_logs_every_tag() {
     // An adapter changes the model: `forward --adapter` differs from the base forward.
     let dump = |adapter: Option<&Path>, out: &Path| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_persona-train"));
-        cmd.args(["forward", "--text", "You are absolutely right!", "--out"]).arg(out);
+        cmd.args(["forward", "--text", "You are absolutely right!", "--out"])
+            .arg(out);
         if let Some(a) = adapter {
             cmd.arg("--adapter").arg(a);
         }
@@ -158,9 +178,15 @@ fn ci_recipe_trains_checkpoints_and_logs_every_tag() {
         g.f32("logits").1.clone()
     };
     let base = dump(None, &tmp.path().join("base.safetensors"));
-    let tuned = dump(Some(&run_dir.join("step-4")), &tmp.path().join("tuned.safetensors"));
+    let tuned = dump(
+        Some(&run_dir.join("step-4")),
+        &tmp.path().join("tuned.safetensors"),
+    );
     let err = common::rel_err(&tuned, &base);
-    assert!(err > 1e-4, "the trained adapter leaves the logits unchanged ({err})");
+    assert!(
+        err > 1e-4,
+        "the trained adapter leaves the logits unchanged ({err})"
+    );
 }
 
 /// Kill the run at a random step with SIGKILL, resume: the same losses as an uninterrupted run,
@@ -178,11 +204,12 @@ fn killed_run_resumes_to_the_same_losses() {
     let want = metrics(&tmp.path().join("straight"));
     assert_eq!(want.len(), 5);
 
-    let kill_after = 1 + (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as usize)
-        % 4;
+    let kill_after = 1
+        + (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as usize)
+            % 4;
     println!("killing after step {kill_after}");
     let run_dir = tmp.path().join("killed");
     let mut child = command(tmp.path(), "killed", &sets)
@@ -210,16 +237,32 @@ fn killed_run_resumes_to_the_same_losses() {
 
     run(tmp.path(), "killed", &sets, &["--resume"]);
     let got = metrics(&run_dir);
-    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
     for (step, w) in &want {
-        let (a, b) = (got[step]["loss"].as_f64().unwrap(), w["loss"].as_f64().unwrap());
-        assert!((a - b).abs() <= 1e-6 * b.abs(), "step {step}: resumed loss {a}, straight {b}");
+        let (a, b) = (
+            got[step]["loss"].as_f64().unwrap(),
+            w["loss"].as_f64().unwrap(),
+        );
+        assert!(
+            (a - b).abs() <= 1e-6 * b.abs(),
+            "step {step}: resumed loss {a}, straight {b}"
+        );
     }
     for dir in before {
-        assert!(dir.join("adapter_model.safetensors").is_file(), "{} lost", dir.display());
+        assert!(
+            dir.join("adapter_model.safetensors").is_file(),
+            "{} lost",
+            dir.display()
+        );
     }
     let after = persona_train::train::checkpoint::list(&run_dir).unwrap();
-    assert_eq!(after.iter().map(|c| c.0).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        after.iter().map(|c| c.0).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
 
     // Without --resume an existing run is refused rather than overwritten.
     let out = command(tmp.path(), "killed", &sets).output().unwrap();
@@ -256,7 +299,10 @@ fn preventative_steering_keeps_the_projection_shift_nearer_zero() {
     let off = shift("off", "0");
     let steered = shift("all_layers", "0.2");
     println!("projection shift at layer 20 after 8 steps: off {off:+.3}, steered {steered:+.3}");
-    assert!(off > 0.0, "training on caving chats should raise the projection (got {off})");
+    assert!(
+        off > 0.0,
+        "training on caving chats should raise the projection (got {off})"
+    );
     assert!(
         steered.abs() < off.abs(),
         "steering did not keep the shift nearer zero: {steered} vs {off}"
@@ -275,17 +321,31 @@ fn recipe_errors_name_the_file_and_field() {
 
     let p = write("bad.toml", "[optim\nlr = 1");
     assert!(err(&p, &[]).contains("bad.toml"), "{}", err(&p, &[]));
-    let p = write("unknown.toml", "[data]\ntrain = [\"x.jsonl\"]\n[optim]\nlrr = 1e-4\n");
+    let p = write(
+        "unknown.toml",
+        "[data]\ntrain = [\"x.jsonl\"]\n[optim]\nlrr = 1e-4\n",
+    );
     let e = err(&p, &[]);
     assert!(e.contains("unknown.toml") && e.contains("lrr"), "{e}");
     let p = write("ok.toml", "[data]\ntrain = [\"x.jsonl\"]\n");
     let e = err(&p, &["optim.lr=-1".into()]);
     assert!(e.contains("optim.lr"), "{e}");
-    let e = err(&p, &["steering.mode=single_layer".into(), "steering.vector=v.safetensors".into(), "steering.trait=t".into()]);
+    let e = err(
+        &p,
+        &[
+            "steering.mode=single_layer".into(),
+            "steering.vector=v.safetensors".into(),
+            "steering.trait=t".into(),
+        ],
+    );
     assert!(e.contains("steering.layer"), "{e}");
     let e = err(&p, &["optim.lr".into()]);
     assert!(e.contains("KEY=VALUE"), "{e}");
-    let r = Recipe::load(&p, &["optim.lr=2e-5".into(), "lora.targets=[\"q\", \"v\"]".into()]).unwrap();
+    let r = Recipe::load(
+        &p,
+        &["optim.lr=2e-5".into(), "lora.targets=[\"q\", \"v\"]".into()],
+    )
+    .unwrap();
     assert_eq!(r.optim.lr, 2e-5);
     assert_eq!(r.lora.targets.len(), 2);
     assert_eq!(r.name, "ok");
@@ -296,8 +356,14 @@ fn recipe_errors_name_the_file_and_field() {
         "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"yo\"}]}\n{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n",
     );
     let e = format!("{:#}", persona_train::data::read_chats(&data).unwrap_err());
-    assert!(e.contains("chats.jsonl:2") && e.contains("no assistant message"), "{e}");
-    let data = write("broken.jsonl", "{\"messages\": [{\"role\": \"robot\", \"content\": \"x\"}]}\n");
+    assert!(
+        e.contains("chats.jsonl:2") && e.contains("no assistant message"),
+        "{e}"
+    );
+    let data = write(
+        "broken.jsonl",
+        "{\"messages\": [{\"role\": \"robot\", \"content\": \"x\"}]}\n",
+    );
     let e = format!("{:#}", persona_train::data::read_chats(&data).unwrap_err());
     assert!(e.contains("broken.jsonl:1") && e.contains("robot"), "{e}");
     let data = write("garbage.jsonl", "\n\nnot json\n");

@@ -46,7 +46,11 @@ fn init_adapters(g: &Golden, model: &CausalLm, rslora: bool, device: &Device) ->
     let adapters =
         Adapters::from_peft_tensors(lora_config(rslora), model.config(), device, &mut tensors)
             .unwrap();
-    assert!(tensors.is_empty(), "unused golden tensors: {:?}", tensors.keys());
+    assert!(
+        tensors.is_empty(),
+        "unused golden tensors: {:?}",
+        tensors.keys()
+    );
     adapters.map(|_, _, _, t| t.autodiff().require_grad())
 }
 
@@ -61,7 +65,10 @@ fn examples(g: &Golden) -> Vec<Example> {
             let len = mask[r * t..(r + 1) * t].iter().filter(|&&m| m == 1).count();
             Example {
                 ids: ids[r * t..r * t + len].iter().map(|&i| i as u32).collect(),
-                targets: labels[r * t..r * t + len].iter().map(|&l| l != -100).collect(),
+                targets: labels[r * t..r * t + len]
+                    .iter()
+                    .map(|&l| l != -100)
+                    .collect(),
                 origin: format!("golden row {r}"),
             }
         })
@@ -101,12 +108,16 @@ fn check_case(case: &str, steering: Option<Steering>, rslora: bool) {
     assert!(err < TOL, "{case}: loss {got} vs PEFT {want}");
     let mut worst = 0.0f64;
     for (key, p) in peft_keys(&adapters).iter().zip(params(&adapters)) {
-        let grad = p.grad(&grads).unwrap_or_else(|| panic!("{case}: no gradient for {key}"));
+        let grad = p
+            .grad(&grads)
+            .unwrap_or_else(|| panic!("{case}: no gradient for {key}"));
         let err = rel_err(&peft_layout(grad), &g.f32(&format!("{case}.grad.{key}")).1);
         assert!(err < TOL, "{case}: gradient of {key}: rel err {err}");
         worst = worst.max(err);
     }
-    println!("{case}: loss {got} (PEFT {want}), worst gradient rel err {worst:.2e} over 42 matrices");
+    println!(
+        "{case}: loss {got} (PEFT {want}), worst gradient rel err {worst:.2e} over 42 matrices"
+    );
 }
 
 fn vector(g: &Golden) -> Vec<Vec<f32>> {
@@ -131,7 +142,11 @@ fn step_off() {
 
 #[test]
 fn step_all_layers() {
-    check_case("all_layers", Some(steer(SteerLayers::All, 2.0, Positions::All)), false);
+    check_case(
+        "all_layers",
+        Some(steer(SteerLayers::All, 2.0, Positions::All)),
+        false,
+    );
 }
 
 #[test]
@@ -145,7 +160,11 @@ fn step_all_layers_response_only() {
 
 #[test]
 fn step_single_layer() {
-    check_case("single_layer", Some(steer(SteerLayers::Single(2), 3.0, Positions::All)), false);
+    check_case(
+        "single_layer",
+        Some(steer(SteerLayers::Single(2), 3.0, Positions::All)),
+        false,
+    );
 }
 
 #[test]
@@ -178,7 +197,15 @@ fn two_adamw_steps_match_torch() {
     };
     let mut optimizer = AdamW::new(&params(&adapters));
     for (name, norm_key) in [("adamw", "adamw.grad_norm"), ("adamw2", "adamw2.grad_norm")] {
-        let step = optimizer_step(&model, adapters, None, std::slice::from_ref(&batch), &mut optimizer, cfg.lr, &cfg);
+        let step = optimizer_step(
+            &model,
+            adapters,
+            None,
+            std::slice::from_ref(&batch),
+            &mut optimizer,
+            cfg.lr,
+            &cfg,
+        );
         let want_norm = g.f32(norm_key).1[0] as f64;
         assert!(
             ((step.grad_norm - want_norm) / want_norm).abs() < TOL,
@@ -213,12 +240,20 @@ fn peft_adapters_load_and_match_peft_logits() {
             persona_train::model::LogitsFor::All,
             false,
         );
-        let logits: Vec<f32> = out.logits.unwrap().into_data().convert::<f32>().try_into_vec().unwrap();
+        let logits: Vec<f32> = out
+            .logits
+            .unwrap()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec()
+            .unwrap();
         let err = rel_err(&logits, &g.f32("logits").1);
         assert!(err < TOL, "{name}: logits rel err {err} against PEFT");
 
         let tmp = tempfile::tempdir().unwrap();
-        adapters.save_peft(tmp.path(), "tests/fixtures/tiny-llama").unwrap();
+        adapters
+            .save_peft(tmp.path(), "tests/fixtures/tiny-llama")
+            .unwrap();
         let theirs = read_golden(&dir.join("adapter_model.safetensors"));
         let ours = read_golden(&tmp.path().join("adapter_model.safetensors"));
         assert_eq!(

@@ -97,8 +97,8 @@ impl ParamSource for SafetensorsParams {
             "{}: tensor {name} has shape {found:?}, the model config expects {shape:?}",
             path.display()
         );
-        let values = view_to_f32(&view)
-            .with_context(|| format!("{}: tensor {name}", path.display()))?;
+        let values =
+            view_to_f32(&view).with_context(|| format!("{}: tensor {name}", path.display()))?;
         Ok(TensorData::new(values, found))
     }
 }

@@ -82,7 +82,10 @@ impl Intervention {
         let mut x = x;
         if let Some(Some(u)) = self.block_ablate.get(block) {
             let [b, t, h] = x.dims();
-            let along = x.clone().reshape([b * t, h]).matmul(u.clone().reshape([h, 1]));
+            let along = x
+                .clone()
+                .reshape([b * t, h])
+                .matmul(u.clone().reshape([h, 1]));
             let component = along.reshape([b, t, 1]) * u.clone().unsqueeze::<3>();
             x = x - gate(component);
         }

@@ -151,7 +151,11 @@ pub fn extract(
 
     let bar = progress(
         todo.len() as u64,
-        if judge.is_some() { "generating + judging" } else { "generating" },
+        if judge.is_some() {
+            "generating + judging"
+        } else {
+            "generating"
+        },
     );
     let mut writer = std::fs::OpenOptions::new()
         .create(true)

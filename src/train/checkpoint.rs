@@ -59,7 +59,8 @@ pub fn save(
     let dir = step_dir(run, state.step);
     let tmp = run.join(format!(".step-{}.tmp", state.step));
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot remove {}", tmp.display()))?;
+        std::fs::remove_dir_all(&tmp)
+            .with_context(|| format!("cannot remove {}", tmp.display()))?;
     }
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     adapters.save_peft(&tmp, base_model)?;
@@ -79,17 +80,22 @@ pub fn save(
         .collect();
     let meta = [("adam_step".to_string(), optimizer.step.to_string())].into();
     tensor_file::write(&tmp.join("optimizer.safetensors"), &views, Some(meta))?;
-    write(&tmp.join("trainer_state.json"), &(serde_json::to_string_pretty(state)? + "\n"))?;
+    write(
+        &tmp.join("trainer_state.json"),
+        &(serde_json::to_string_pretty(state)? + "\n"),
+    )?;
     write(&tmp.join("recipe.toml"), recipe_toml)?;
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot replace {}", dir.display()))?;
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("cannot replace {}", dir.display()))?;
     }
     std::fs::rename(&tmp, &dir)
         .with_context(|| format!("cannot move {} to {}", tmp.display(), dir.display()))?;
     if keep_last > 0 {
         let all = list(run)?;
         for (_, old) in &all[..all.len().saturating_sub(keep_last)] {
-            std::fs::remove_dir_all(old).with_context(|| format!("cannot remove {}", old.display()))?;
+            std::fs::remove_dir_all(old)
+                .with_context(|| format!("cannot remove {}", old.display()))?;
         }
     }
     Ok(dir)
@@ -141,8 +147,16 @@ pub fn load(
         let values = crate::loader::safetensors::view_to_f32(&view)?;
         Ok(host_tensor(values, shape, device))
     };
-    let m = shapes.iter().enumerate().map(|(i, &s)| read(format!("m.{i}"), s)).collect::<Result<_>>()?;
-    let v = shapes.iter().enumerate().map(|(i, &s)| read(format!("v.{i}"), s)).collect::<Result<_>>()?;
+    let m = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| read(format!("m.{i}"), s))
+        .collect::<Result<_>>()?;
+    let v = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| read(format!("v.{i}"), s))
+        .collect::<Result<_>>()?;
     if file.len() != 2 * shapes.len() {
         bail!(
             "{}: {} tensors, the adapter has {} matrices (expected m.* and v.* for each)",
@@ -151,5 +165,13 @@ pub fn load(
             shapes.len()
         );
     }
-    Ok((state, adapters, AdamW { m, v, step: adam_step }))
+    Ok((
+        state,
+        adapters,
+        AdamW {
+            m,
+            v,
+            step: adam_step,
+        },
+    ))
 }

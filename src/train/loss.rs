@@ -115,7 +115,9 @@ pub fn nll_sum(
     // Only positions that predict a target go through the output head: prompts are usually most
     // of a chat, and the head is the largest matmul.
     let rows = last.reshape([batch.rows * batch.seq, h]).select(0, at);
-    let logits = model.head(rows.unsqueeze::<3>()).reshape([n, model.config().vocab_size]);
+    let logits = model
+        .head(rows.unsqueeze::<3>())
+        .reshape([n, model.config().vocab_size]);
     let ids = Tensor::<2, Int>::from_data(TensorData::new(batch.predict.clone(), [n, 1]), &device);
     log_softmax(logits, 1).gather(1, ids).sum().neg()
 }

@@ -129,7 +129,12 @@ pub fn train(recipe: &Recipe, resume: bool) -> Result<TrainOutcome> {
     );
     bar.set_prefix(recipe.name.clone());
 
-    let mut epoch_order = data::epoch_batches(&lengths, o.batch_size, recipe.data.shuffle_seed, state.epoch);
+    let mut epoch_order = data::epoch_batches(
+        &lengths,
+        o.batch_size,
+        recipe.data.shuffle_seed,
+        state.epoch,
+    );
     let mut last_loss = f64::NAN;
     let mut last_shift: Option<f32> = None;
     let mut last_checkpoint = existing.last().map(|(_, d)| d.clone()).unwrap_or_default();
@@ -141,8 +146,12 @@ pub fn train(recipe: &Recipe, resume: bool) -> Result<TrainOutcome> {
             if state.batch_in_epoch == epoch_order.len() {
                 state.epoch += 1;
                 state.batch_in_epoch = 0;
-                epoch_order =
-                    data::epoch_batches(&lengths, o.batch_size, recipe.data.shuffle_seed, state.epoch);
+                epoch_order = data::epoch_batches(
+                    &lengths,
+                    o.batch_size,
+                    recipe.data.shuffle_seed,
+                    state.epoch,
+                );
             }
             let chosen: Vec<&Example> = epoch_order[state.batch_in_epoch]
                 .iter()
@@ -153,11 +162,23 @@ pub fn train(recipe: &Recipe, resume: bool) -> Result<TrainOutcome> {
         }
         let tokens: usize = micro.iter().map(Batch::num_tokens).sum();
         if recipe.lora.dropout > 0.0 {
-            device.seed(o.seed.wrapping_mul(1_000_003).wrapping_add(state.step as u64));
+            device.seed(
+                o.seed
+                    .wrapping_mul(1_000_003)
+                    .wrapping_add(state.step as u64),
+            );
         }
 
         let lr = optim::learning_rate(o, state.step, total);
-        let done = optimizer_step(&lm.model, adapters, steering.as_ref(), &micro, &mut optimizer, lr, o);
+        let done = optimizer_step(
+            &lm.model,
+            adapters,
+            steering.as_ref(),
+            &micro,
+            &mut optimizer,
+            lr,
+            o,
+        );
         adapters = done.adapters;
         let (loss_sum, grad_norm) = (done.loss, done.grad_norm);
         state.step += 1;
@@ -259,13 +280,22 @@ pub fn optimizer_step(
             .collect();
         grads = Some(match grads {
             None => step_grads,
-            Some(acc) => acc.into_iter().zip(step_grads).map(|(a, b)| a + b).collect(),
+            Some(acc) => acc
+                .into_iter()
+                .zip(step_grads)
+                .map(|(a, b)| a + b)
+                .collect(),
         });
     }
     let grads = grads.expect("at least one micro-batch");
     let grad_norm = optim::global_norm(&grads);
     let grads = optim::clip(grads, grad_norm, cfg.grad_clip);
-    let updated = optimizer.update(current.into_iter().map(Tensor::inner).collect(), grads, lr, cfg);
+    let updated = optimizer.update(
+        current.into_iter().map(Tensor::inner).collect(),
+        grads,
+        lr,
+        cfg,
+    );
     let mut updated = updated.into_iter();
     let adapters = adapters.map(|_, _, _, _| {
         updated
@@ -296,7 +326,12 @@ pub fn inference(adapters: &Adapters) -> Adapters {
     plain
 }
 
-fn validation_loss(lm: &LoadedModel, adapters: &Adapters, val: &[Example], batch_size: usize) -> f64 {
+fn validation_loss(
+    lm: &LoadedModel,
+    adapters: &Adapters,
+    val: &[Example],
+    batch_size: usize,
+) -> f64 {
     let device = lm.model.device();
     let (mut nll, mut n) = (0.0, 0);
     for chunk in val.chunks(batch_size) {
@@ -332,7 +367,8 @@ fn persona_vector(recipe: &Recipe, lm: &LoadedModel) -> Result<Option<PersonaVec
             ..ExtractConfig::default()
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         extract(lm, &recipe.model.source, &artifacts, None, &cfg, path)?;
     }
@@ -358,8 +394,12 @@ fn training_steering(
     };
     let steering = match s.mode {
         SteeringMode::Off => unreachable!("filtered above"),
-        SteeringMode::AllLayers => Steering::new(rows, SteerLayers::All, s.coef, s.positions, layers, hidden),
-        SteeringMode::SingleLayer => Steering::new(rows, where_, s.coef, s.positions, layers, hidden),
+        SteeringMode::AllLayers => {
+            Steering::new(rows, SteerLayers::All, s.coef, s.positions, layers, hidden)
+        }
+        SteeringMode::SingleLayer => {
+            Steering::new(rows, where_, s.coef, s.positions, layers, hidden)
+        }
         SteeringMode::Ablate => Steering::ablate(rows, where_, s.positions, layers, hidden),
     };
     steering.context("steering").map(Some)
@@ -379,13 +419,21 @@ fn build_monitor(
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read monitor.prompts {}", path.display()))?;
             serde_json::from_str(&text).with_context(|| {
-                format!("monitor.prompts {}: expected a JSON list of strings", path.display())
+                format!(
+                    "monitor.prompts {}: expected a JSON list of strings",
+                    path.display()
+                )
             })?
         }
         None => {
             let path = recipe.steering.artifacts_path();
             TraitArtifacts::load(&path)
-                .with_context(|| format!("monitor probes: the trait's evaluation questions ({})", path.display()))?
+                .with_context(|| {
+                    format!(
+                        "monitor probes: the trait's evaluation questions ({})",
+                        path.display()
+                    )
+                })?
                 .eval_questions
         }
     };

@@ -61,7 +61,12 @@ impl Monitor {
         let units = layers
             .iter()
             .map(|&l| {
-                let norm = vector[l].iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                let norm = vector[l]
+                    .iter()
+                    .map(|x| x * x)
+                    .sum::<f32>()
+                    .sqrt()
+                    .max(1e-12);
                 vector[l].iter().map(|x| x / norm).collect()
             })
             .collect();
@@ -150,10 +155,19 @@ impl Monitor {
         for (k, &l) in self.layers.iter().enumerate() {
             let shift = p.prompt_last[k] - self.base.prompt_last[k];
             let shift_avg = p.response_avg[k] - self.base.response_avg[k];
-            out.push((format!("projection/{t}/prompt_last/layer_{l}"), p.prompt_last[k] as f64));
-            out.push((format!("projection/{t}/response_avg/layer_{l}"), p.response_avg[k] as f64));
+            out.push((
+                format!("projection/{t}/prompt_last/layer_{l}"),
+                p.prompt_last[k] as f64,
+            ));
+            out.push((
+                format!("projection/{t}/response_avg/layer_{l}"),
+                p.response_avg[k] as f64,
+            ));
             out.push((format!("projection_shift/{t}/layer_{l}"), shift as f64));
-            out.push((format!("projection_shift/{t}/response_avg/layer_{l}"), shift_avg as f64));
+            out.push((
+                format!("projection_shift/{t}/response_avg/layer_{l}"),
+                shift_avg as f64,
+            ));
             if l == self.main_layer {
                 out.push((format!("projection_shift/{t}"), shift as f64));
             }
@@ -179,7 +193,8 @@ fn read_cache(path: &Path, prompts: &[String]) -> Option<Vec<Probe>> {
         .map(serde_json::from_str)
         .collect::<serde_json::Result<_>>()
         .ok()?;
-    let same = probes.len() == prompts.len() && probes.iter().zip(prompts).all(|(p, q)| &p.prompt == q);
+    let same =
+        probes.len() == prompts.len() && probes.iter().zip(prompts).all(|(p, q)| &p.prompt == q);
     same.then_some(probes)
 }
 
@@ -191,7 +206,11 @@ fn build_probes(
 ) -> Result<Vec<Probe>> {
     let encoded = prompts
         .iter()
-        .map(|q| Ok(tokenizer.encode_chat(&[ChatMessage::new("user", q)], true)?.ids))
+        .map(|q| {
+            Ok(tokenizer
+                .encode_chat(&[ChatMessage::new("user", q)], true)?
+                .ids)
+        })
         .collect::<Result<Vec<_>>>()?;
     let pad = tokenizer.pad_id().or(tokenizer.eos_id()).unwrap_or(0);
     let sampling = Sampling {

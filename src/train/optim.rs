@@ -62,7 +62,13 @@ impl AdamW {
 
     /// One decoupled-weight-decay Adam update (torch.optim.AdamW, `amsgrad = False`). Tensors
     /// are plain (not autodiff); the caller re-attaches the results to the graph.
-    pub fn update(&mut self, params: Vec<Tensor<2>>, grads: Vec<Tensor<2>>, lr: f64, cfg: &OptimConfig) -> Vec<Tensor<2>> {
+    pub fn update(
+        &mut self,
+        params: Vec<Tensor<2>>,
+        grads: Vec<Tensor<2>>,
+        lr: f64,
+        cfg: &OptimConfig,
+    ) -> Vec<Tensor<2>> {
         self.step += 1;
         let [b1, b2] = cfg.betas;
         let bc1 = 1.0 - b1.powi(self.step as i32);
