@@ -350,6 +350,18 @@ fn recipe_errors_name_the_file_and_field() {
     assert_eq!(r.lora.targets.len(), 2);
     assert_eq!(r.name, "ok");
 
+    // Both spellings of the command reach the recipe loader.
+    for args in [&["train", "missing.toml"][..], &["missing.toml"][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_persona-train"))
+            .current_dir(tmp.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("cannot read recipe missing.toml"), "{args:?}: {stderr}");
+    }
+
     // Training data: line numbers and what is wrong.
     let data = write(
         "chats.jsonl",
@@ -369,4 +381,27 @@ fn recipe_errors_name_the_file_and_field() {
     let data = write("garbage.jsonl", "\n\nnot json\n");
     let e = format!("{:#}", persona_train::data::read_chats(&data).unwrap_err());
     assert!(e.contains("garbage.jsonl:3"), "{e}");
+}
+
+/// A vector made for another model is refused before training, naming the file and the shapes.
+#[test]
+fn wrong_size_vector_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("tiny.safetensors");
+    persona_train::persona::vector::PersonaVector {
+        vectors: [("response_avg".to_string(), vec![vec![0.5f32; 64]; 4])].into(),
+        metadata: Default::default(),
+    }
+    .save(&path)
+    .unwrap();
+    let out = command(tmp.path(), "wrong", &[&format!("steering.vector={}", path.display())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tiny.safetensors") && stderr.contains("[4, 64]") && stderr.contains("[31, 576]"),
+        "{stderr}"
+    );
+    assert!(persona_train::train::checkpoint::list(&tmp.path().join("wrong")).unwrap().is_empty());
 }
