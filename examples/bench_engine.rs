@@ -17,6 +17,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    persona_train::device::tune_allocator();
     let args: Vec<String> = std::env::args().collect();
     let device_spec = args
         .iter()

@@ -21,6 +21,7 @@ use persona_train::train::{inference, optimizer_step, params};
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
+    persona_train::device::tune_allocator();
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| args.iter().any(|a| a == name);
     let steps: usize = args
