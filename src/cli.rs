@@ -45,6 +45,11 @@ enum Command {
     Sweep(SweepArgs),
     /// Fine-tunes with LoRA as a recipe says (`persona-train RECIPE.toml` is the same).
     Train(TrainArgs),
+    /// Evaluates a checkpoint or model: MMLU, judge-free trait metrics, judged trait scores,
+    /// projection shift, as a recipe's [eval] table says.
+    Eval(EvalArgs),
+    /// Tables and plots of the evaluations of one or more runs.
+    Report(ReportArgs),
     /// Folds a LoRA adapter into the base weights and writes a Hugging Face model directory.
     Merge(MergeArgs),
 }
@@ -65,6 +70,43 @@ struct MergeArgs {
     /// `config.json`, tokenizer files and `generation_config.json`.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// A training checkpoint (`step-N` directory): its adapter, and its recipe.toml for the
+    /// model, vector, trait and [eval] settings.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// A recipe whose [model], [steering] (vector, trait) and [eval] tables are used (instead of
+    /// the checkpoint's).
+    #[arg(long)]
+    recipe: Option<PathBuf>,
+    /// Model source (instead of the recipe's).
+    #[arg(long)]
+    model: Option<String>,
+    /// A LoRA adapter directory in PEFT format (instead of the checkpoint's).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Override a recipe field, e.g. `--set eval.mmlu.per_subject=5` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Inference-time steering during the evaluation (post-hoc mitigation).
+    #[command(flatten)]
+    steer: SteerArgs,
+    /// Where eval.json and the detailed reports go (default: the checkpoint, else ./eval-out).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Run directories (`checkpoints/<run>`), compared side by side.
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    /// Where the PNG plots go (default: `<first run>/report`).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -392,6 +434,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Artifacts(a) => run_artifacts(a),
         Command::Sweep(a) => run_sweep(a),
         Command::Train(a) => run_train(a),
+        Command::Eval(a) => run_eval(a),
+        Command::Report(a) => run_report(a),
         Command::Merge(a) => run_merge(a),
     }
 }
@@ -407,6 +451,113 @@ pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Cli {
         args.insert(1, "train".into());
     }
     Cli::parse_from(args)
+}
+
+fn run_eval(a: EvalArgs) -> Result<()> {
+    let (text, name) = match (&a.recipe, &a.checkpoint) {
+        (Some(path), _) => (
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read recipe {}", path.display()))?,
+            path.display().to_string(),
+        ),
+        (None, Some(dir)) => {
+            let path = dir.join("recipe.toml");
+            (
+                std::fs::read_to_string(&path).with_context(|| {
+                    format!(
+                        "cannot read {} (is {} a training checkpoint?)",
+                        path.display(),
+                        dir.display()
+                    )
+                })?,
+                path.display().to_string(),
+            )
+        }
+        (None, None) => (String::new(), "command line".to_string()),
+    };
+    let mut recipe = crate::recipe::Recipe::parse(&text, "eval", &a.set)
+        .with_context(|| format!("recipe {name}"))?;
+    if let Some(m) = &a.model {
+        recipe.model.source = m.clone();
+    }
+    anyhow::ensure!(!recipe.eval.is_empty(), "nothing to evaluate: the recipe's [eval] enables no metric (e.g. --set eval.mmlu.per_subject=5)");
+    let device = crate::device::parse(&recipe.model.device)?;
+    let dtype = crate::device::parse_dtype(&recipe.model.dtype)?;
+    let lm = loader::load(&source::resolve(&recipe.model.source)?, &device, dtype)?;
+    let adapters = match a.adapter.as_ref().or(a.checkpoint.as_ref()) {
+        Some(dir) => Some(crate::lora::Adapters::load_peft(
+            dir,
+            lm.model.config(),
+            &device,
+        )?),
+        None => None,
+    };
+    let steering = a.steer.build(lm.model.config())?;
+    let out = a
+        .out
+        .clone()
+        .or_else(|| a.checkpoint.clone())
+        .unwrap_or_else(|| PathBuf::from("eval-out"));
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let s = &recipe.steering;
+    let vector = match &s.vector {
+        Some(path) => Some(PersonaVector::load(path)?),
+        None => None,
+    };
+    let c = lm.model.config();
+    let rows = match &vector {
+        Some(v) => Some(v.get(&s.vector_kind, c.num_layers, c.hidden_size)?.to_vec()),
+        None => None,
+    };
+    let probes = match &rows {
+        Some(rows) if recipe.eval.projection => Some(crate::train::build_monitor(
+            &recipe, &lm, &vector, rows, &out,
+        )?),
+        _ => None,
+    };
+    let artifacts = match recipe.eval.trait_score {
+        Some(_) => Some(TraitArtifacts::load(&s.artifacts_path())?),
+        None => None,
+    };
+    let persona = crate::eval::PersonaEval {
+        trait_name: &s.trait_name,
+        artifacts: artifacts.as_ref(),
+        vector: rows.as_deref().zip(probes.as_ref().map(|p| p.main_layer)),
+        probes: probes.as_ref(),
+    };
+    let step = a
+        .checkpoint
+        .as_ref()
+        .and_then(|d| d.file_name()?.to_str()?.strip_prefix("step-")?.parse().ok())
+        .unwrap_or(0);
+    let summary = crate::eval::evaluate(
+        &lm,
+        adapters.as_ref(),
+        steering.as_ref(),
+        &persona,
+        &recipe.eval,
+        step,
+        &out,
+    )?;
+    for (tag, value) in &summary.scalars {
+        println!("{tag:<60} {value:.4}");
+    }
+    eprintln!("wrote {}", out.join("eval.json").display());
+    Ok(())
+}
+
+fn run_report(a: ReportArgs) -> Result<()> {
+    let runs = a
+        .runs
+        .iter()
+        .map(|r| crate::report::read_run(r))
+        .collect::<Result<Vec<_>>>()?;
+    print!("{}", crate::report::table(&runs));
+    let out = a.out.clone().unwrap_or_else(|| a.runs[0].join("report"));
+    for path in crate::report::plots(&runs, &out)? {
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 fn run_train(a: TrainArgs) -> Result<()> {
@@ -479,6 +630,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let steering = a.steer.build(m.model.config())?;
     let reply = generate(
         &m.model,
+        None,
         &[prompt],
         m.tokenizer.stop_ids(),
         pad,

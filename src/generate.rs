@@ -1,6 +1,7 @@
 //! Batched autoregressive generation with a KV cache: left padding, greedy or temperature/top-p
 //! sampling with a seed, stopping at end-of-turn tokens.
 
+use crate::lora::Adapters;
 use crate::model::{CausalLm, ForwardInput, KvCache, LogitsFor};
 use crate::steering::{Positions, Steering};
 use anyhow::Result;
@@ -30,9 +31,10 @@ impl Default for Sampling {
 
 /// Generates a continuation for every prompt (token ids, chat template already applied) and
 /// returns the new tokens of each, without the stop token. Row `r` samples with seed
-/// `sampling.seed + r`. `steering` adds to the residual stream at the positions it names.
+/// `sampling.seed + r`. `adapters` are LoRA adapters applied to the model; `steering` adds to the residual stream at the positions it names.
 pub fn generate(
     model: &CausalLm,
+    adapters: Option<&Adapters>,
     prompts: &[Vec<u32>],
     stop_ids: &[u32],
     pad_id: u32,
@@ -42,13 +44,16 @@ pub fn generate(
     let seeds: Vec<u64> = (0..prompts.len() as u64)
         .map(|r| sampling.seed.wrapping_add(r))
         .collect();
-    generate_seeded(model, prompts, &seeds, stop_ids, pad_id, sampling, steering)
+    generate_seeded(
+        model, adapters, prompts, &seeds, stop_ids, pad_id, sampling, steering,
+    )
 }
 
 /// As [`generate`], with one seed per row, so a prompt's sample depends only on its own seed and
 /// not on which other prompts share its batch (`sampling.seed` is ignored).
 pub fn generate_seeded(
     model: &CausalLm,
+    adapters: Option<&Adapters>,
     prompts: &[Vec<u32>],
     seeds: &[u64],
     stop_ids: &[u32],
@@ -129,7 +134,7 @@ pub fn generate_seeded(
             .forward(
                 &input,
                 Some(&mut cache),
-                None,
+                adapters,
                 steer,
                 LogitsFor::Last,
                 false,

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod data;
 pub mod device;
+pub mod eval;
 pub mod generate;
 pub mod gguf;
 pub mod judge;
@@ -17,6 +18,7 @@ pub mod model;
 pub mod persona;
 pub mod plot;
 pub mod recipe;
+pub mod report;
 pub mod source;
 pub mod steering;
 pub mod tensor_file;

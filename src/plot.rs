@@ -19,6 +19,8 @@ pub struct Series {
     pub color: usize,
     /// Drawn dashed and without markers: reference lines such as a baseline.
     pub dashed: bool,
+    /// Drawn as unconnected points (a scatter plot).
+    pub scatter: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -84,7 +86,9 @@ impl LineChart {
         // A series without points would only add a legend entry for a line that is not there.
         for s in self.series.iter().filter(|s| !s.points.is_empty()) {
             let style = PALETTE[s.color % PALETTE.len()].stroke_width(2);
-            let drawn = if s.dashed {
+            let drawn = if s.scatter {
+                chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 5, style.filled())))
+            } else if s.dashed {
                 chart.draw_series(DashedLineSeries::new(s.points.iter().copied(), 8, 6, style))
             } else {
                 chart.draw_series(LineSeries::new(s.points.iter().copied(), style).point_size(

@@ -1,6 +1,7 @@
 //! The recipe: one TOML file that describes a training run. These structs are its schema; every
 //! default lives in their `Default` impls, and `recipes/README.md` documents them field by field.
 
+pub use crate::eval::EvalConfig;
 use crate::lora::LoraConfig;
 use crate::steering::Positions;
 use anyhow::{bail, ensure, Context, Result};
@@ -252,43 +253,37 @@ impl Default for CheckpointConfig {
     }
 }
 
-/// Checkpoint evaluation (filled in by the evaluation issue).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct EvalConfig {}
-
 impl Recipe {
     /// Reads `path`, applies `overrides` (`section.field=value`, the value in TOML syntax or a
     /// bare string) and checks the result.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read recipe {}", path.display()))?;
-        let mut doc: toml::Table = toml::from_str(&text)
-            .with_context(|| format!("recipe {} is not valid TOML", path.display()))?;
+        let stem = path
+            .file_stem()
+            .map_or_else(|| "run".into(), |s| s.to_string_lossy().into_owned());
+        Self::parse(&text, &stem, overrides).with_context(|| format!("recipe {}", path.display()))
+    }
+
+    /// A recipe from TOML text (possibly empty: every default) and overrides; `name` is the
+    /// run name when the text sets none.
+    pub fn parse(text: &str, name: &str, overrides: &[String]) -> Result<Self> {
+        let mut doc: toml::Table = toml::from_str(text).context("not valid TOML")?;
         for o in overrides {
             apply_override(&mut doc, o).with_context(|| format!("--set {o}"))?;
         }
         let mut recipe: Recipe = doc
             .try_into()
-            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message().trim()))
-            .with_context(|| format!("recipe {}", path.display()))?;
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message().trim()))?;
         if recipe.name.is_empty() {
-            recipe.name = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "run".into());
+            recipe.name = name.to_string();
         }
-        recipe
-            .validate()
-            .with_context(|| format!("recipe {}", path.display()))?;
+        recipe.validate()?;
         Ok(recipe)
     }
 
+    /// Checks what every use of a recipe needs; training also needs `data.train`.
     pub fn validate(&self) -> Result<()> {
-        ensure!(
-            !self.data.train.is_empty(),
-            "data.train: no training files given"
-        );
         ensure!(
             (0.0..1.0).contains(&self.data.held_out),
             "data.held_out must be in [0, 1), got {}",

@@ -181,7 +181,7 @@ fn scores_match_transformers_and_repeat_exactly() {
             batch_size: 8,
         };
         let start = std::time::Instant::now();
-        let report = choice::evaluate(&m.model, None, &m.tokenizer, &loaded, &cfg).unwrap();
+        let report = choice::evaluate(&m.model, None, None, &m.tokenizer, &loaded, &cfg).unwrap();
         eprintln!(
             "{file}: items {indices:?} in {:.1} s: {:?}",
             start.elapsed().as_secs_f64(),
@@ -297,7 +297,8 @@ fn scores_match_transformers_and_repeat_exactly() {
 
         // The same evaluation again gives the very same numbers.
         if kind == ChoiceKind::YesNo {
-            let again = choice::evaluate(&m.model, None, &m.tokenizer, &loaded, &cfg).unwrap();
+            let again =
+                choice::evaluate(&m.model, None, None, &m.tokenizer, &loaded, &cfg).unwrap();
             assert_eq!(again, report, "{file}: a second evaluation differs");
         }
     }
@@ -329,7 +330,7 @@ fn metric_names_limits_and_serialisation() {
         limit: Some(1),
         ..ChoiceConfig::new(data.join("anthropic-evals/persona/psychopathy.jsonl"))
     };
-    let report = choice::evaluate(&m.model, None, &m.tokenizer, &persona, &cfg).unwrap();
+    let report = choice::evaluate(&m.model, None, None, &m.tokenizer, &persona, &cfg).unwrap();
     assert_eq!(report.name, "psychopathy");
     assert_eq!(report.items.len(), 1);
     assert_eq!(report.metrics.keys().collect::<Vec<_>>(), ["psychopathy"]);

@@ -112,7 +112,7 @@ fn check_generate(name: &str) {
         max_new_tokens: new,
         ..Sampling::default()
     };
-    let got = generate(&model, &prompts, &[], 0, &sampling, None).unwrap();
+    let got = generate(&model, None, &prompts, &[], 0, &sampling, None).unwrap();
     for (r, row) in got.iter().enumerate() {
         let expected: Vec<u32> = want[r * oshape[1] + p..(r + 1) * oshape[1]]
             .iter()
@@ -213,7 +213,8 @@ fn extraction_averages_and_vectors_match_transformers() {
                 .map(|&x| x as u32)
                 .collect();
             let span = &g.i64(&format!("{pol}{i}.span")).1;
-            let a = activation_averages(&model, &ids, span[0] as usize..span[1] as usize).unwrap();
+            let a = activation_averages(&model, None, &ids, span[0] as usize..span[1] as usize)
+                .unwrap();
             for (kind, rows) in &a {
                 let err = rel_err(&rows.concat(), &g.f32(&format!("{pol}{i}.{kind}")).1);
                 assert!(err < TOL, "{pol}{i} {kind}: rel err {err}");

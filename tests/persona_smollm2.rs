@@ -45,6 +45,7 @@ fn answer_projection(
     let pad = m.tokenizer.pad_id().unwrap();
     let answers = generate(
         &m.model,
+        None,
         &prompts,
         m.tokenizer.stop_ids(),
         pad,
@@ -62,6 +63,7 @@ fn answer_projection(
         let enc = m.tokenizer.encode_chat(&chat, false).unwrap();
         let acts = activation_averages(
             &m.model,
+            None,
             &enc.ids,
             enc.response_start.unwrap()..enc.response_end.unwrap(),
         )

@@ -102,6 +102,7 @@ fn greedy_chat_replies_match_transformers() {
     let pad = m.tokenizer.pad_id().or(m.tokenizer.eos_id()).unwrap();
     let replies = generate(
         &m.model,
+        None,
         &prompts,
         m.tokenizer.stop_ids(),
         pad,

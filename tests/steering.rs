@@ -112,6 +112,7 @@ fn steered_generation_with_cache_equals_without() {
             };
             let cached = generate(
                 &model,
+                None,
                 &[prompt.clone()],
                 &[],
                 0,
@@ -151,6 +152,7 @@ fn steered_generation_with_cache_equals_without() {
     // Steering must change something, or the comparison above proves nothing.
     let plain = generate(
         &model,
+        None,
         &[prompt.clone()],
         &[],
         0,
@@ -172,6 +174,7 @@ fn steered_generation_with_cache_equals_without() {
     .unwrap();
     let steered = generate(
         &model,
+        None,
         &[prompt],
         &[],
         0,

@@ -359,7 +359,10 @@ fn recipe_errors_name_the_file_and_field() {
             .unwrap();
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("cannot read recipe missing.toml"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("cannot read recipe missing.toml"),
+            "{args:?}: {stderr}"
+        );
     }
 
     // Training data: line numbers and what is wrong.
@@ -394,14 +397,24 @@ fn wrong_size_vector_is_refused() {
     }
     .save(&path)
     .unwrap();
-    let out = command(tmp.path(), "wrong", &[&format!("steering.vector={}", path.display())])
-        .output()
-        .unwrap();
+    let out = command(
+        tmp.path(),
+        "wrong",
+        &[&format!("steering.vector={}", path.display())],
+    )
+    .output()
+    .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("tiny.safetensors") && stderr.contains("[4, 64]") && stderr.contains("[31, 576]"),
+        stderr.contains("tiny.safetensors")
+            && stderr.contains("[4, 64]")
+            && stderr.contains("[31, 576]"),
         "{stderr}"
     );
-    assert!(persona_train::train::checkpoint::list(&tmp.path().join("wrong")).unwrap().is_empty());
+    assert!(
+        persona_train::train::checkpoint::list(&tmp.path().join("wrong"))
+            .unwrap()
+            .is_empty()
+    );
 }

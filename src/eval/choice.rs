@@ -51,6 +51,7 @@ use serde_json::Value;
 use super::loglik::{continuation_logprobs, next_token_logprobs};
 use crate::lora::Adapters;
 use crate::model::CausalLm;
+use crate::steering::Steering;
 use crate::tokenizer::{ChatMessage, Tokenizer};
 
 /// The user turn of a yes/no statement item; `{statement}` is replaced by the statement.
@@ -337,10 +338,12 @@ pub fn parse(text: &str, origin: &str) -> Result<ChoiceSet> {
     Ok(set.expect("rows is not empty"))
 }
 
-/// Scores `set` (its first `cfg.limit` items) with `model`, through `adapters` when given.
+/// Scores `set` (its first `cfg.limit` items) with `model`, through `adapters` and
+/// inference-time `steering` (at every token) when given.
 pub fn evaluate(
     model: &CausalLm,
     adapters: Option<&Adapters>,
+    steering: Option<&Steering>,
     tokenizer: &Tokenizer,
     set: &ChoiceSet,
     cfg: &ChoiceConfig,
@@ -365,6 +368,7 @@ pub fn evaluate(
         ChoiceSet::AB(items) => score_ab(
             model,
             adapters,
+            steering,
             tokenizer,
             &items[..limit.min(items.len())],
             cfg.batch_size,
@@ -372,6 +376,7 @@ pub fn evaluate(
         ChoiceSet::YesNo(items) => score_yes_no(
             model,
             adapters,
+            steering,
             tokenizer,
             &items[..limit.min(items.len())],
             cfg.batch_size,
@@ -379,6 +384,7 @@ pub fn evaluate(
         ChoiceSet::TruthfulQa(items) => score_truthfulqa(
             model,
             adapters,
+            steering,
             tokenizer,
             &items[..limit.min(items.len())],
             cfg.batch_size,
@@ -415,11 +421,12 @@ pub fn evaluate(
 pub fn load_and_evaluate(
     model: &CausalLm,
     adapters: Option<&Adapters>,
+    steering: Option<&Steering>,
     tokenizer: &Tokenizer,
     cfg: &ChoiceConfig,
 ) -> Result<ChoiceReport> {
     let set = load(&cfg.path)?;
-    evaluate(model, adapters, tokenizer, &set, cfg)
+    evaluate(model, adapters, steering, tokenizer, &set, cfg)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -449,13 +456,14 @@ fn normalised(lp_matching: f64, lp_other: f64) -> f64 {
 fn next_token_pick(
     model: &CausalLm,
     adapters: Option<&Adapters>,
+    steering: Option<&Steering>,
     prompts: &[Vec<u32>],
     ids: [u32; 2],
     batch_size: usize,
 ) -> Result<Vec<[f64; 2]>> {
     let mut out = Vec::with_capacity(prompts.len());
     for chunk in prompts.chunks(batch_size) {
-        for lp in next_token_logprobs(model, adapters, None, chunk, batch_size)? {
+        for lp in next_token_logprobs(model, adapters, steering, chunk, batch_size)? {
             out.push(ids.map(|id| lp[id as usize] as f64));
         }
     }
@@ -471,6 +479,7 @@ fn user_prompt(tokenizer: &Tokenizer, content: &str) -> Result<Vec<u32>> {
 fn score_ab(
     model: &CausalLm,
     adapters: Option<&Adapters>,
+    steering: Option<&Steering>,
     tokenizer: &Tokenizer,
     items: &[AbItem],
     batch_size: usize,
@@ -486,7 +495,7 @@ fn score_ab(
             Ok(ids)
         })
         .collect::<Result<Vec<_>>>()?;
-    let picked = next_token_pick(model, adapters, &prompts, [a, b], batch_size)?;
+    let picked = next_token_pick(model, adapters, steering, &prompts, [a, b], batch_size)?;
     Ok(items
         .iter()
         .zip(picked)
@@ -507,6 +516,7 @@ fn score_ab(
 fn score_yes_no(
     model: &CausalLm,
     adapters: Option<&Adapters>,
+    steering: Option<&Steering>,
     tokenizer: &Tokenizer,
     items: &[YesNoItem],
     batch_size: usize,
@@ -517,7 +527,7 @@ fn score_yes_no(
         .iter()
         .map(|it| user_prompt(tokenizer, &yes_no_prompt(&it.statement)))
         .collect::<Result<Vec<_>>>()?;
-    let picked = next_token_pick(model, adapters, &prompts, [yes, no], batch_size)?;
+    let picked = next_token_pick(model, adapters, steering, &prompts, [yes, no], batch_size)?;
     Ok(items
         .iter()
         .zip(picked)
@@ -538,6 +548,7 @@ fn score_yes_no(
 fn score_truthfulqa(
     model: &CausalLm,
     adapters: Option<&Adapters>,
+    steering: Option<&Steering>,
     tokenizer: &Tokenizer,
     items: &[McItem],
     batch_size: usize,
@@ -560,7 +571,7 @@ fn score_truthfulqa(
     let mut logliks = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(batch_size) {
         logliks.extend(
-            continuation_logprobs(model, adapters, None, chunk, batch_size)?
+            continuation_logprobs(model, adapters, steering, chunk, batch_size)?
                 .into_iter()
                 .map(|(ll, _)| ll as f64),
         );

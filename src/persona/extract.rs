@@ -7,6 +7,7 @@
 use crate::generate::{generate_seeded, Sampling};
 use crate::judge::{rubric, Judge};
 use crate::loader::LoadedModel;
+use crate::lora::Adapters;
 use crate::model::CausalLm;
 use crate::model::{ForwardInput, LogitsFor};
 use crate::persona::artifacts::{Polarity, SystemPromptTemplate, TraitArtifacts};
@@ -178,6 +179,7 @@ pub fn extract(
         let pad = m.tokenizer.pad_id().or(m.tokenizer.eos_id()).unwrap_or(0);
         let answers = generate_seeded(
             &m.model,
+            None,
             &prompts,
             &seeds,
             m.tokenizer.stop_ids(),
@@ -246,7 +248,7 @@ pub fn extract(
                 .context("rendered chat has no assistant span")?;
             let end = enc.response_end.unwrap_or(enc.ids.len());
             acts.push(
-                activation_averages(&m.model, &enc.ids, start..end).with_context(|| {
+                activation_averages(&m.model, None, &enc.ids, start..end).with_context(|| {
                     format!("question {}, instruction {}", r.question, r.instruction)
                 })?,
             );
@@ -330,6 +332,7 @@ fn chat(r: &Rollout, answer: Option<&str>) -> Vec<ChatMessage> {
 /// tokens, and the last prompt token alone. `ids` is one rendered chat, `response` its span.
 pub fn activation_averages(
     model: &CausalLm,
+    adapters: Option<&Adapters>,
     ids: &[u32],
     response: Range<usize>,
 ) -> Result<Activations> {
@@ -342,7 +345,7 @@ pub fn activation_averages(
     let out = model.forward(
         &ForwardInput::dense(&[ids.to_vec()], 0, &model.device()),
         None,
-        None,
+        adapters,
         None,
         LogitsFor::None,
         true,

@@ -307,6 +307,7 @@ fn answer(
         let seeds: Vec<u64> = chunk.iter().map(|s| s.seed).collect();
         let ids = generate_seeded(
             &m.model,
+            None,
             &prompts,
             &seeds,
             m.tokenizer.stop_ids(),
@@ -368,7 +369,7 @@ fn response_average(m: &LoadedModel, a: &SweepAnswer) -> Result<Option<Vec<Vec<f
     if end <= start {
         return Ok(None);
     }
-    let mut acts = activation_averages(&m.model, &enc.ids, start..end)?;
+    let mut acts = activation_averages(&m.model, None, &enc.ids, start..end)?;
     Ok(acts.remove("response_avg"))
 }
 
@@ -477,24 +478,28 @@ impl SweepReport {
                 points: layer_line(|r| r.mean_trait),
                 color: 0,
                 dashed: false,
+                scatter: false,
             },
             Series {
                 label: "coherence".into(),
                 points: layer_line(|r| r.mean_coherence),
                 color: 1,
                 dashed: false,
+                scatter: false,
             },
             Series {
                 label: "trait, unsteered".into(),
                 points: flat(self.baseline.mean_trait),
                 color: 0,
                 dashed: true,
+                scatter: false,
             },
             Series {
                 label: "coherence, unsteered".into(),
                 points: flat(self.baseline.mean_coherence),
                 color: 1,
                 dashed: true,
+                scatter: false,
             },
         ];
         LineChart {

@@ -37,6 +37,11 @@ pub struct TrainOutcome {
 
 /// Runs `recipe`; with `resume`, continues from the run's latest checkpoint.
 pub fn train(recipe: &Recipe, resume: bool) -> Result<TrainOutcome> {
+    anyhow::ensure!(
+        !recipe.data.train.is_empty(),
+        "recipe {}: data.train: no training files given",
+        recipe.name
+    );
     let run = recipe.run_dir();
     let existing = checkpoint::list(&run)?;
     if !resume && !existing.is_empty() {
@@ -118,6 +123,47 @@ pub fn train(recipe: &Recipe, resume: bool) -> Result<TrainOutcome> {
     };
     if let (Some(m), 0) = (&monitor, state.step) {
         tb.scalars(0, &m.scalars(&m.base))?;
+    }
+    let artifacts = match recipe.eval.trait_score {
+        Some(_) if recipe.eval.at_checkpoints => {
+            let path = recipe.steering.artifacts_path();
+            Some(
+                TraitArtifacts::load(&path)
+                    .with_context(|| format!("eval.trait_score: {}", path.display()))?,
+            )
+        }
+        _ => None,
+    };
+    let evaluating = recipe.eval.at_checkpoints && !recipe.eval.is_empty();
+    // Evaluation measures the shift on the same probes as the monitor, built here when the
+    // per-step monitor is off.
+    let eval_probes = match (&monitor, &rows) {
+        (None, Some(rows)) if evaluating && recipe.eval.projection => {
+            Some(build_monitor(recipe, &lm, &vector, rows, &run)?)
+        }
+        _ => None,
+    };
+    let probes = monitor.as_ref().or(eval_probes.as_ref());
+    let persona = crate::eval::PersonaEval {
+        trait_name: &recipe.steering.trait_name,
+        artifacts: artifacts.as_ref(),
+        vector: rows.as_deref().zip(probes.map(|m| m.main_layer)),
+        probes,
+    };
+    let evaluate = |adapters: Option<&Adapters>,
+                    step: usize,
+                    dir: &Path,
+                    tb: &mut EventWriter|
+     -> Result<()> {
+        let summary =
+            crate::eval::evaluate(&lm, adapters, None, &persona, &recipe.eval, step, dir)?;
+        crate::eval::append_history(&run, &summary)?;
+        let scalars: Vec<(String, f64)> = summary.scalars.into_iter().collect();
+        tb.scalars(step as i64, &scalars)
+    };
+    if evaluating && state.step == 0 {
+        eprintln!("evaluating the base model (step 0)");
+        evaluate(None, 0, &run.join("eval-base"), &mut tb)?;
     }
 
     let bar = ProgressBar::new(total as u64).with_position(state.step as u64);
@@ -214,15 +260,19 @@ pub fn train(recipe: &Recipe, resume: bool) -> Result<TrainOutcome> {
                 scalars.push(("val/loss".to_string(), val));
                 record["val_loss"] = serde_json::json!(val);
             }
+            let plain = inference(&adapters);
             last_checkpoint = checkpoint::save(
                 &run,
                 &state,
-                &inference(&adapters),
+                &plain,
                 &optimizer,
                 &recipe_toml,
                 &recipe.model.source,
                 recipe.checkpoint.keep_last,
             )?;
+            if evaluating {
+                evaluate(Some(&plain), state.step, &last_checkpoint, &mut tb)?;
+            }
         }
         tb.scalars(step, &scalars)?;
         writeln!(metrics, "{record}")
@@ -405,12 +455,13 @@ fn training_steering(
     steering.context("steering").map(Some)
 }
 
-fn build_monitor(
+/// The probes of the recipe's `[monitor]` table on `rows`, cached in `dir/probes.jsonl`.
+pub fn build_monitor(
     recipe: &Recipe,
     lm: &LoadedModel,
     vector: &Option<PersonaVector>,
     rows: &[Vec<f32>],
-    run: &Path,
+    dir: &Path,
 ) -> Result<Monitor> {
     let m = &recipe.monitor;
     let num_layers = lm.model.config().num_layers;
@@ -469,7 +520,7 @@ fn build_monitor(
         monitored,
         main_layer,
         m.response_tokens,
-        &run.join("probes.jsonl"),
+        &dir.join("probes.jsonl"),
     )
 }
 

@@ -217,7 +217,15 @@ fn build_probes(
         max_new_tokens: response_tokens,
         ..Sampling::default()
     };
-    let answers = generate(model, &encoded, tokenizer.stop_ids(), pad, &sampling, None)?;
+    let answers = generate(
+        model,
+        None,
+        &encoded,
+        tokenizer.stop_ids(),
+        pad,
+        &sampling,
+        None,
+    )?;
     Ok(prompts
         .iter()
         .zip(encoded)

@@ -1,0 +1,120 @@
+//! Log-likelihood scoring, the primitive under every judge-free metric: the next-token
+//! distribution after a prompt, and the log-probability of a continuation.
+
+use crate::lora::Adapters;
+use crate::model::{CausalLm, ForwardInput, LogitsFor};
+use crate::steering::Steering;
+use anyhow::{ensure, Result};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor, TensorData};
+
+/// Log-probabilities over the vocabulary of the token after each prompt (`[prompts][vocab]`),
+/// through `adapters` and inference-time `steering` (at every token) when given. Prompts are
+/// batched `batch_size` at a time with left padding.
+pub fn next_token_logprobs(
+    model: &CausalLm,
+    adapters: Option<&Adapters>,
+    steering: Option<&Steering>,
+    prompts: &[Vec<u32>],
+    batch_size: usize,
+) -> Result<Vec<Vec<f32>>> {
+    ensure!(prompts.iter().all(|p| !p.is_empty()), "empty prompt");
+    let vocab = model.config().vocab_size;
+    let mut out = Vec::with_capacity(prompts.len());
+    for chunk in prompts.chunks(batch_size.max(1)) {
+        let input = left_padded(chunk, &model.device());
+        let iv = steering.map(|s| s.intervention(&model.device(), None));
+        let logits = model
+            .forward(&input, None, adapters, iv.as_ref(), LogitsFor::Last, false)
+            .logits
+            .expect("LogitsFor::Last returns logits");
+        let b = chunk.len();
+        let lp: Vec<f32> = log_softmax(logits.reshape([b, vocab]), 1)
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec()?;
+        out.extend(lp.chunks(vocab).map(<[f32]>::to_vec));
+    }
+    Ok(out)
+}
+
+/// `log P(continuation | prefix)` summed over the continuation's tokens, for each pair, and the
+/// number of continuation tokens (for length-normalised scores), through `adapters` and
+/// `steering` (at every token) when given. Pairs are batched `batch_size` at a time with right
+/// padding.
+pub fn continuation_logprobs(
+    model: &CausalLm,
+    adapters: Option<&Adapters>,
+    steering: Option<&Steering>,
+    pairs: &[(Vec<u32>, Vec<u32>)],
+    batch_size: usize,
+) -> Result<Vec<(f32, usize)>> {
+    ensure!(
+        pairs.iter().all(|(p, c)| !p.is_empty() && !c.is_empty()),
+        "empty prefix or continuation"
+    );
+    let device = model.device();
+    let vocab = model.config().vocab_size;
+    let mut out = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(batch_size.max(1)) {
+        let seqs: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|(p, c)| [p.as_slice(), c].concat())
+            .collect();
+        let (b, t) = (seqs.len(), seqs.iter().map(Vec::len).max().unwrap_or(0));
+        let mut ids = vec![0i64; b * t];
+        let mut key_mask = vec![vec![false; t]; b];
+        for (r, s) in seqs.iter().enumerate() {
+            for (i, &id) in s.iter().enumerate() {
+                ids[r * t + i] = id as i64;
+                key_mask[r][i] = true;
+            }
+        }
+        let input = ForwardInput {
+            input_ids: Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &device),
+            positions: vec![(0..t).collect(); b],
+            key_mask: Some(key_mask),
+        };
+        let iv = steering.map(|s| s.intervention(&device, None));
+        let logits = model
+            .forward(&input, None, adapters, iv.as_ref(), LogitsFor::All, false)
+            .logits
+            .expect("LogitsFor::All returns logits");
+        let lp: Vec<f32> = log_softmax(logits, 2)
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec()?;
+        for (r, (prefix, cont)) in chunk.iter().enumerate() {
+            let total = cont
+                .iter()
+                .enumerate()
+                .map(|(k, &tok)| {
+                    let at = prefix.len() + k - 1;
+                    lp[(r * t + at) * vocab + tok as usize]
+                })
+                .sum();
+            out.push((total, cont.len()));
+        }
+    }
+    Ok(out)
+}
+
+/// Left-padded rows (pad id 0, masked) with positions counted from each row's first real token.
+fn left_padded(rows: &[Vec<u32>], device: &burn::tensor::Device) -> ForwardInput {
+    let b = rows.len();
+    let width = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(b * width);
+    let mut positions = Vec::with_capacity(b);
+    let mut key_mask = Vec::with_capacity(b);
+    for row in rows {
+        let pad = width - row.len();
+        ids.extend((0..pad).map(|_| 0i64).chain(row.iter().map(|&i| i as i64)));
+        positions.push((0..width).map(|j| j.saturating_sub(pad)).collect());
+        key_mask.push((0..width).map(|j| j >= pad).collect());
+    }
+    ForwardInput {
+        input_ids: Tensor::from_data(TensorData::new(ids, [b, width]), device),
+        positions,
+        key_mask: Some(key_mask),
+    }
+}

@@ -1,0 +1,203 @@
+//! `persona-train report`: the evaluations of one or more runs as a table per checkpoint and as
+//! plots (MMLU, trait score and projection shift against step; trait score against projection
+//! shift with Pearson's r), so steered and unsteered runs of a recipe can be compared.
+
+use crate::eval::EvalSummary;
+use crate::plot::{LineChart, Series};
+use anyhow::{ensure, Context, Result};
+use std::path::{Path, PathBuf};
+
+/// One run's evaluations, in step order (the base model is step 0).
+pub struct RunEvals {
+    pub name: String,
+    pub evals: Vec<EvalSummary>,
+}
+
+/// Where the trainer appends one [`EvalSummary`] per evaluation; it survives checkpoint pruning.
+pub fn evals_path(run: &Path) -> PathBuf {
+    run.join("eval.jsonl")
+}
+
+/// Reads `<run>/eval.jsonl`; a later line for the same step (a resumed run) replaces an earlier.
+pub fn read_run(run: &Path) -> Result<RunEvals> {
+    let path = evals_path(run);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read {} (evaluations are written there when a recipe's [eval] runs)",
+            path.display()
+        )
+    })?;
+    let mut by_step = std::collections::BTreeMap::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let e: EvalSummary = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not an evaluation summary", path.display(), i + 1))?;
+        by_step.insert(e.step, e);
+    }
+    let name = run.file_name().map_or_else(
+        || run.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    Ok(RunEvals {
+        name,
+        evals: by_step.into_values().collect(),
+    })
+}
+
+/// The table: one row per checkpoint of each run, one column per metric any of them has.
+pub fn table(runs: &[RunEvals]) -> String {
+    let mut columns: Vec<&str> = runs
+        .iter()
+        .flat_map(|r| {
+            r.evals
+                .iter()
+                .flat_map(|e| e.scalars.keys().map(String::as_str))
+        })
+        .filter(|k| !k.contains("/layer_"))
+        .collect();
+    columns.sort_unstable();
+    columns.dedup();
+    let short = |c: &str| c.trim_start_matches("eval/").to_string();
+    let mut out = format!("{:<24} {:>6}", "run", "step");
+    for c in &columns {
+        out += &format!(" {:>w$}", short(c), w = short(c).len().max(8));
+    }
+    out.push('\n');
+    for r in runs {
+        for e in &r.evals {
+            out += &format!("{:<24} {:>6}", r.name, e.step);
+            for c in &columns {
+                let w = short(c).len().max(8);
+                match e.scalars.get(*c) {
+                    Some(v) => out += &format!(" {v:>w$.4}"),
+                    None => out += &format!(" {:>w$}", "-"),
+                }
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Pearson's correlation coefficient; `None` with fewer than 2 points or no variance.
+pub fn pearson(points: &[(f64, f64)]) -> Option<f64> {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return None;
+    }
+    let (mx, my) = (
+        points.iter().map(|p| p.0).sum::<f64>() / n,
+        points.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for &(x, y) in points {
+        sxy += (x - mx) * (y - my);
+        sxx += (x - mx).powi(2);
+        syy += (y - my).powi(2);
+    }
+    (sxx > 0.0 && syy > 0.0).then(|| sxy / (sxx * syy).sqrt())
+}
+
+/// Writes the plots into `out` and returns their paths; a plot without data is skipped.
+pub fn plots(runs: &[RunEvals], out: &Path) -> Result<Vec<PathBuf>> {
+    ensure!(!runs.is_empty(), "no runs to plot");
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let trait_name = runs
+        .iter()
+        .flat_map(|r| r.evals.first())
+        .map(|e| e.trait_name.clone())
+        .next()
+        .unwrap_or_default();
+    let score_tag = format!("eval/{trait_name}_score");
+    let shift_tag = format!("eval/projection_shift/{trait_name}");
+    let series = |tag: &str| -> Vec<Series> {
+        runs.iter()
+            .enumerate()
+            .map(|(i, r)| Series {
+                label: r.name.clone(),
+                points: r
+                    .evals
+                    .iter()
+                    .filter_map(|e| e.scalars.get(tag).map(|&v| (e.step as f64, v)))
+                    .collect(),
+                color: i,
+                dashed: false,
+                scatter: false,
+            })
+            .collect()
+    };
+    let mut written = Vec::new();
+    for (tag, file, title, y_label) in [
+        (
+            "eval/mmlu_acc",
+            "mmlu.png",
+            "MMLU accuracy".to_string(),
+            "accuracy",
+        ),
+        (
+            score_tag.as_str(),
+            "trait_score.png",
+            format!("{trait_name} score (judge)"),
+            "score (0-100)",
+        ),
+        (
+            shift_tag.as_str(),
+            "projection_shift.png",
+            format!("{trait_name} projection shift"),
+            "shift along v̂",
+        ),
+    ] {
+        let s = series(tag);
+        if s.iter().all(|s| s.points.is_empty()) {
+            continue;
+        }
+        let path = out.join(file);
+        LineChart {
+            title,
+            x_label: "step".into(),
+            y_label: y_label.into(),
+            y_range: None,
+            series: s,
+        }
+        .save_png(&path)?;
+        written.push(path);
+    }
+    let pairs: Vec<Vec<(f64, f64)>> = runs
+        .iter()
+        .map(|r| {
+            r.evals
+                .iter()
+                .filter_map(|e| Some((*e.scalars.get(&shift_tag)?, *e.scalars.get(&score_tag)?)))
+                .collect()
+        })
+        .collect();
+    let all: Vec<(f64, f64)> = pairs.iter().flatten().copied().collect();
+    if !all.is_empty() {
+        let r = pearson(&all).map_or_else(|| "n/a".to_string(), |r| format!("{r:.3}"));
+        let path = out.join("trait_vs_shift.png");
+        LineChart {
+            title: format!("{trait_name} score vs projection shift (Pearson r = {r})"),
+            x_label: "projection shift".into(),
+            y_label: "trait score".into(),
+            y_range: None,
+            series: runs
+                .iter()
+                .zip(pairs)
+                .enumerate()
+                .map(|(i, (run, points))| Series {
+                    label: run.name.clone(),
+                    points,
+                    color: i,
+                    dashed: false,
+                    scatter: true,
+                })
+                .collect(),
+        }
+        .save_png(&path)?;
+        written.push(path);
+    }
+    Ok(written)
+}
