@@ -5,7 +5,7 @@ use crate::lora::Adapters;
 use crate::model::{CausalLm, ForwardInput, KvCache, LogitsFor};
 use crate::steering::{Positions, Steering};
 use anyhow::Result;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -76,28 +76,7 @@ pub fn generate_seeded(
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let pads: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
 
-    let mut ids = Vec::with_capacity(b * width);
-    let mut positions = Vec::with_capacity(b);
-    let mut key_mask = Vec::with_capacity(b);
-    for (p, &pad) in prompts.iter().zip(&pads) {
-        ids.extend(
-            std::iter::repeat(pad_id)
-                .take(pad)
-                .chain(p.iter().copied())
-                .map(|i| i as i64),
-        );
-        positions.push(
-            (0..width)
-                .map(|j| j.saturating_sub(pad))
-                .collect::<Vec<_>>(),
-        );
-        key_mask.push((0..width).map(|j| j >= pad).collect::<Vec<_>>());
-    }
-    let mut input = ForwardInput {
-        input_ids: Tensor::<2, Int>::from_data(TensorData::new(ids, [b, width]), &device),
-        positions,
-        key_mask: Some(key_mask),
-    };
+    let mut input = ForwardInput::left_padded(prompts, pad_id, &device);
     // Left padding puts every row's last prompt token in the last column.
     let prefill_steer = steering.map(|s| {
         let mask: Vec<f32> = (0..b)

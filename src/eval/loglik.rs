@@ -6,7 +6,6 @@ use crate::model::{CausalLm, ForwardInput, LogitsFor};
 use crate::steering::Steering;
 use anyhow::{ensure, Result};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Int, Tensor, TensorData};
 
 /// Log-probabilities over the vocabulary of the token after each prompt (`[prompts][vocab]`),
 /// through `adapters` and inference-time `steering` (at every token) when given. Prompts are
@@ -22,7 +21,7 @@ pub fn next_token_logprobs(
     let vocab = model.config().vocab_size;
     let mut out = Vec::with_capacity(prompts.len());
     for chunk in prompts.chunks(batch_size.max(1)) {
-        let input = left_padded(chunk, &model.device());
+        let input = ForwardInput::left_padded(chunk, 0, &model.device());
         let iv = steering.map(|s| s.intervention(&model.device(), None));
         let logits = model
             .forward(&input, None, adapters, iv.as_ref(), LogitsFor::Last, false)
@@ -61,20 +60,8 @@ pub fn continuation_logprobs(
             .iter()
             .map(|(p, c)| [p.as_slice(), c].concat())
             .collect();
-        let (b, t) = (seqs.len(), seqs.iter().map(Vec::len).max().unwrap_or(0));
-        let mut ids = vec![0i64; b * t];
-        let mut key_mask = vec![vec![false; t]; b];
-        for (r, s) in seqs.iter().enumerate() {
-            for (i, &id) in s.iter().enumerate() {
-                ids[r * t + i] = id as i64;
-                key_mask[r][i] = true;
-            }
-        }
-        let input = ForwardInput {
-            input_ids: Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &device),
-            positions: vec![(0..t).collect(); b],
-            key_mask: Some(key_mask),
-        };
+        let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        let input = ForwardInput::right_padded(&seqs, &device);
         let iv = steering.map(|s| s.intervention(&device, None));
         let logits = model
             .forward(&input, None, adapters, iv.as_ref(), LogitsFor::All, false)
@@ -97,24 +84,4 @@ pub fn continuation_logprobs(
         }
     }
     Ok(out)
-}
-
-/// Left-padded rows (pad id 0, masked) with positions counted from each row's first real token.
-fn left_padded(rows: &[Vec<u32>], device: &burn::tensor::Device) -> ForwardInput {
-    let b = rows.len();
-    let width = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let mut ids = Vec::with_capacity(b * width);
-    let mut positions = Vec::with_capacity(b);
-    let mut key_mask = Vec::with_capacity(b);
-    for row in rows {
-        let pad = width - row.len();
-        ids.extend((0..pad).map(|_| 0i64).chain(row.iter().map(|&i| i as i64)));
-        positions.push((0..width).map(|j| j.saturating_sub(pad)).collect());
-        key_mask.push((0..width).map(|j| j >= pad).collect());
-    }
-    ForwardInput {
-        input_ids: Tensor::from_data(TensorData::new(ids, [b, width]), device),
-        positions,
-        key_mask: Some(key_mask),
-    }
 }

@@ -31,6 +31,54 @@ pub struct ForwardInput {
 }
 
 impl ForwardInput {
+    /// Rows of any length padded on the left with `pad_id` (masked), so every row ends in the
+    /// last column; positions count from each row's first real token. What generation and
+    /// next-token scoring need.
+    pub fn left_padded(rows: &[impl AsRef<[u32]>], pad_id: u32, device: &Device) -> Self {
+        let b = rows.len();
+        let width = rows.iter().map(|r| r.as_ref().len()).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(b * width);
+        let mut positions = Vec::with_capacity(b);
+        let mut key_mask = Vec::with_capacity(b);
+        for row in rows {
+            let row = row.as_ref();
+            let pad = width - row.len();
+            ids.extend(
+                std::iter::repeat_n(pad_id, pad)
+                    .chain(row.iter().copied())
+                    .map(|i| i as i64),
+            );
+            positions.push((0..width).map(|j| j.saturating_sub(pad)).collect());
+            key_mask.push((0..width).map(|j| j >= pad).collect());
+        }
+        Self {
+            input_ids: Tensor::from_data(TensorData::new(ids, [b, width]), device),
+            positions,
+            key_mask: Some(key_mask),
+        }
+    }
+
+    /// Rows of any length padded on the right (id 0, masked), positions from 0; no mask when no
+    /// row is padded. What teacher-forced passes (training, probes, continuation scoring) need.
+    pub fn right_padded(rows: &[impl AsRef<[u32]>], device: &Device) -> Self {
+        let b = rows.len();
+        let seq = rows.iter().map(|r| r.as_ref().len()).max().unwrap_or(0);
+        let mut ids = vec![0i64; b * seq];
+        let mut key_mask = vec![vec![false; seq]; b];
+        for (r, row) in rows.iter().enumerate() {
+            for (i, &id) in row.as_ref().iter().enumerate() {
+                ids[r * seq + i] = id as i64;
+                key_mask[r][i] = true;
+            }
+        }
+        let padded = key_mask.iter().flatten().any(|&real| !real);
+        Self {
+            input_ids: Tensor::from_data(TensorData::new(ids, [b, seq]), device),
+            positions: vec![(0..seq).collect(); b],
+            key_mask: padded.then_some(key_mask),
+        }
+    }
+
     /// Unpadded rows of equal length starting at position `start`.
     pub fn dense(ids: &[Vec<u32>], start: usize, device: &Device) -> Self {
         let b = ids.len();

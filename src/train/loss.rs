@@ -26,13 +26,11 @@ impl Batch {
     pub fn new(examples: &[&Example], device: &Device) -> Self {
         let rows = examples.len();
         let seq = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
-        let mut ids = vec![0i64; rows * seq];
         let mut targets = vec![false; rows * seq];
         let mut real = vec![false; rows * seq];
         let (mut predict_at, mut predict) = (Vec::new(), Vec::new());
         for (r, ex) in examples.iter().enumerate() {
             for (i, (&id, &target)) in ex.ids.iter().zip(&ex.targets).enumerate() {
-                ids[r * seq + i] = id as i64;
                 targets[r * seq + i] = target;
                 real[r * seq + i] = true;
                 if target && i > 0 {
@@ -41,14 +39,9 @@ impl Batch {
                 }
             }
         }
-        let key_mask = (rows > 1 && real.iter().any(|&x| !x))
-            .then(|| real.chunks(seq.max(1)).map(<[bool]>::to_vec).collect());
+        let ids: Vec<&[u32]> = examples.iter().map(|e| e.ids.as_slice()).collect();
         Self {
-            input: ForwardInput {
-                input_ids: Tensor::from_data(TensorData::new(ids, [rows, seq]), device),
-                positions: vec![(0..seq).collect(); rows],
-                key_mask,
-            },
+            input: ForwardInput::right_padded(&ids, device),
             targets,
             real,
             rows,

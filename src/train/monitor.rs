@@ -10,7 +10,6 @@ use crate::lora::Adapters;
 use crate::model::{CausalLm, ForwardInput, LogitsFor};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 use anyhow::{Context, Result};
-use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -103,19 +102,8 @@ impl Monitor {
         let device = model.device();
         let rows = self.probes.len();
         let seq = self.probes.iter().map(|p| p.ids.len()).max().unwrap_or(0);
-        let mut ids = vec![0i64; rows * seq];
-        let mut key_mask = vec![vec![false; seq]; rows];
-        for (r, p) in self.probes.iter().enumerate() {
-            for (i, &id) in p.ids.iter().enumerate() {
-                ids[r * seq + i] = id as i64;
-                key_mask[r][i] = true;
-            }
-        }
-        let input = ForwardInput {
-            input_ids: Tensor::from_data(TensorData::new(ids, [rows, seq]), &device),
-            positions: vec![(0..seq).collect(); rows],
-            key_mask: Some(key_mask),
-        };
+        let ids: Vec<&[u32]> = self.probes.iter().map(|p| p.ids.as_slice()).collect();
+        let input = ForwardInput::right_padded(&ids, &device);
         let out = model.forward(&input, None, adapters, None, LogitsFor::None, true);
         let mut result = Projections {
             prompt_last: Vec::new(),
