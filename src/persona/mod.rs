@@ -3,5 +3,7 @@
 pub mod artifacts;
 pub mod cvec;
 pub mod extract;
+pub mod monitor;
+pub mod screen;
 pub mod sweep;
 pub mod vector;

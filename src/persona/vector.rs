@@ -4,6 +4,7 @@
 //! Vectors are raw differences of means (not normalized); row `l` is hidden-state index `l`
 //! (0 = embedding output, N = output of block N-1, the last taken after the final norm).
 
+use crate::model::ModelConfig;
 use crate::tensor_file::{self, Values};
 use anyhow::{bail, ensure, Context, Result};
 use safetensors::{Dtype, SafeTensors};
@@ -101,6 +102,111 @@ impl PersonaVector {
             num_layers + 1
         );
         Ok(rows)
+    }
+}
+
+/// A persona vector from its own file format or from a llama.cpp control vector, padded to the
+/// model's depth, with the recommended layer when the file records one.
+pub fn read_rows(
+    path: &std::path::Path,
+    kind: &str,
+    config: &ModelConfig,
+) -> Result<(Vec<Vec<f32>>, Option<usize>)> {
+    if path.extension().is_some_and(|e| e == "gguf") {
+        let mut rows = super::cvec::import(path)?.vectors;
+        anyhow::ensure!(
+            rows.len() <= config.num_layers + 1,
+            "{}: control vector addresses {} blocks, the model has {}",
+            path.display(),
+            rows.len() - 1,
+            config.num_layers
+        );
+        let hidden = rows[0].len();
+        rows.resize(config.num_layers + 1, vec![0.0; hidden]);
+        return Ok((rows, None));
+    }
+    let v = PersonaVector::load(path)?;
+    let rows = v
+        .get(kind, config.num_layers, config.hidden_size)
+        .with_context(|| format!("{}: vector does not fit this model", path.display()))?
+        .to_vec();
+    let recommended = match v.metadata.get("recommended_layer") {
+        Some(l) => Some(l.parse().with_context(|| {
+            format!(
+                "{}: metadata recommended_layer {l:?} is not a layer index",
+                path.display()
+            )
+        })?),
+        None => None,
+    };
+    Ok((rows, recommended))
+}
+
+/// One trait's persona vector read for projections at one layer: what data screening, prompt
+/// monitoring and the server's per-request monitoring measure.
+#[derive(Debug, Clone)]
+pub struct TraitDirection {
+    /// The file's `trait` metadata, else its file stem.
+    pub trait_name: String,
+    /// Hidden-state index the projections are taken at.
+    pub layer: usize,
+    /// `v[layer] / |v[layer]|`: a dot product with it is the projection `h · v / |v|`.
+    pub unit: Vec<f32>,
+    /// Every row, `[layers + 1][hidden]` (steering with the same file needs them).
+    pub rows: Vec<Vec<f32>>,
+}
+
+impl TraitDirection {
+    /// `layer` defaults to the file's `recommended_layer`, else 2/3 of the depth (as training's
+    /// monitor does).
+    pub fn load(
+        path: &Path,
+        kind: &str,
+        layer: Option<usize>,
+        config: &ModelConfig,
+    ) -> Result<Self> {
+        let (rows, recommended) = read_rows(path, kind, config)?;
+        let layer = layer
+            .or(recommended)
+            .unwrap_or((2 * config.num_layers).div_ceil(3));
+        ensure!(
+            (1..=config.num_layers).contains(&layer),
+            "{}: layer {layer} is out of range 1..={}",
+            path.display(),
+            config.num_layers
+        );
+        ensure!(
+            rows[layer].len() == config.hidden_size,
+            "{}: vector rows have {} values, the model's hidden size is {}",
+            path.display(),
+            rows[layer].len(),
+            config.hidden_size
+        );
+        let norm = rows[layer].iter().map(|x| x * x).sum::<f32>().sqrt();
+        ensure!(
+            norm > 0.0,
+            "{}: row {layer} is zero, so it has no direction",
+            path.display()
+        );
+        let trait_name = match path.extension().is_some_and(|e| e == "gguf") {
+            true => None,
+            false => PersonaVector::load(path)?.metadata.get("trait").cloned(),
+        }
+        .unwrap_or_else(|| {
+            path.file_stem()
+                .map_or("trait".into(), |s| s.to_string_lossy().into_owned())
+        });
+        Ok(Self {
+            trait_name,
+            layer,
+            unit: rows[layer].iter().map(|x| x / norm).collect(),
+            rows,
+        })
+    }
+
+    /// Projection of a hidden state (at [`Self::layer`]) on the direction.
+    pub fn project(&self, h: &[f32]) -> f32 {
+        h.iter().zip(&self.unit).map(|(a, b)| a * b).sum()
     }
 }
 
