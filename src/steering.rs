@@ -144,13 +144,61 @@ impl Steering {
                         Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), device)
                     })
                 })
-                .collect()
+                .collect::<Vec<_>>()
         };
         Intervention {
-            block_adds: upload(&self.block_adds),
+            block_adds: upload(&self.block_adds)
+                .into_iter()
+                .map(|v| v.map(|v| v.unsqueeze::<2>()))
+                .collect(),
             block_ablate: upload(&self.block_ablate),
             positions: mask,
         }
+    }
+
+    /// One intervention for a batch whose rows are steered differently (or not at all): row `r`
+    /// gets `rows[r]`'s additions, gated per token by `mask` (`[batch, seq]`; a row without
+    /// steering should be 0 there). `None` when no row is steered. Ablation is per model, not per
+    /// row, so steerings that ablate are refused.
+    pub fn batch_intervention(
+        rows: &[Option<&Steering>],
+        mask: Tensor<2>,
+        device: &Device,
+    ) -> Result<Option<Intervention>> {
+        ensure!(
+            rows.iter()
+                .flatten()
+                .all(|s| s.block_ablate.iter().all(Option::is_none)),
+            "directional ablation cannot differ per row of a batch"
+        );
+        let Some(first) = rows.iter().flatten().next() else {
+            return Ok(None);
+        };
+        let blocks = first.block_adds.len();
+        let hidden = first.block_adds.iter().flatten().next().map_or(0, Vec::len);
+        let block_adds = (0..blocks)
+            .map(|b| {
+                if rows.iter().flatten().all(|s| s.block_adds[b].is_none()) {
+                    return None;
+                }
+                let flat: Vec<f32> = rows
+                    .iter()
+                    .flat_map(|s| match s.and_then(|s| s.block_adds[b].as_ref()) {
+                        Some(v) => v.clone(),
+                        None => vec![0.0; hidden],
+                    })
+                    .collect();
+                Some(Tensor::from_data(
+                    TensorData::new(flat, [rows.len(), hidden]),
+                    device,
+                ))
+            })
+            .collect();
+        Ok(Some(Intervention {
+            block_adds,
+            block_ablate: vec![None; blocks],
+            positions: Some(mask),
+        }))
     }
 }
 

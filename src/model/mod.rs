@@ -113,8 +113,10 @@ pub struct ForwardOutput {
 /// is removed, then `block_adds[l]` is added. `positions` scales both per token.
 #[derive(Debug, Clone)]
 pub struct Intervention {
-    /// One entry per block, each `[hidden]`.
-    pub block_adds: Vec<Option<Tensor<1>>>,
+    /// One entry per block, each `[rows, hidden]` with `rows` 1 (the same addition for every
+    /// row of the batch) or the batch size (one addition per row, as a server batching requests
+    /// with different steering needs).
+    pub block_adds: Vec<Option<Tensor<2>>>,
     /// One entry per block, each a unit vector `[hidden]` (directional ablation, as in CAFT).
     pub block_ablate: Vec<Option<Tensor<1>>>,
     /// `[batch, seq]` multiplier (1 = apply, 0 = leave); `None` applies everywhere.
@@ -138,7 +140,7 @@ impl Intervention {
             x = x - gate(component);
         }
         if let Some(Some(v)) = self.block_adds.get(block) {
-            x = x + gate(v.clone().unsqueeze::<3>());
+            x = x + gate(v.clone().unsqueeze_dim::<3>(1));
         }
         x
     }

@@ -1,8 +1,333 @@
-//! OpenAI-compatible server (placeholder: being written).
+//! `persona-train serve`: an OpenAI-compatible HTTP server with continuous batching,
+//! per-request steering and persona monitoring.
+//!
+//! - [`api`]: the wire format (requests, OpenAI-shaped errors, replies and stream chunks);
+//! - [`engine`]: the thread that owns the model and runs the continuous batch;
+//! - [`http`]: the axum routes, which validate a request, hand it to the engine and relay
+//!   what it reports.
+
+pub mod api;
+pub mod engine;
+pub mod http;
+
+use crate::loader::LoadedModel;
+use crate::persona::vector::TraitDirection;
+use anyhow::{bail, ensure, Context, Result};
+use engine::{Engine, Monitor};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(clap::Args)]
-pub struct ServeArgs {}
+pub struct ServeArgs {
+    #[command(flatten)]
+    model: crate::cli::ModelArgs,
+    /// A LoRA adapter directory (PEFT format, e.g. a training checkpoint) applied to the model.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
+    /// Persona-vector file (.safetensors or .gguf control vector), repeatable: every prompt is
+    /// projected on it, and requests may steer with it by its trait name.
+    #[arg(long = "vector", value_name = "FILE")]
+    vectors: Vec<PathBuf>,
+    /// Which averaging of the persona vectors to use.
+    #[arg(long, default_value = "response_avg")]
+    vector_kind: String,
+    /// Hidden-state index the projections are read at (default: each vector's
+    /// `recommended_layer`, else 2/3 of the depth).
+    #[arg(long)]
+    layer: Option<usize>,
+    /// Alert when a projection exceeds this: `T` for every vector or `TRAIT=T` for one
+    /// (repeatable). Without one a vector is reported but never alerts.
+    #[arg(
+        long = "threshold",
+        value_name = "[TRAIT=]T",
+        allow_hyphen_values = true
+    )]
+    thresholds: Vec<String>,
+    /// What an alert does: `warn` (an `x-persona-alert` header and `alert: true`) or `refuse`
+    /// (no reply; `finish_reason: "content_filter"`).
+    #[arg(long, default_value = "warn")]
+    on_alert: OnAlert,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Most requests decoded together.
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+    /// `max_tokens` of requests that set none (capped by the context length).
+    #[arg(long, default_value_t = 512)]
+    max_tokens: usize,
+    /// The model name clients send (default: the model file's or directory's name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+}
 
-pub fn run(_a: ServeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("serve is not written yet")
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnAlert {
+    Warn,
+    Refuse,
+}
+
+/// Everything `serve` needs besides the model.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub host: String,
+    /// 0 picks a free port (see [`Server::addr`]).
+    pub port: u16,
+    pub adapter: Option<PathBuf>,
+    pub vectors: Vec<PathBuf>,
+    pub vector_kind: String,
+    pub layer: Option<usize>,
+    /// `[TRAIT=]T` as on the command line.
+    pub thresholds: Vec<String>,
+    pub on_alert: OnAlert,
+    pub max_batch: usize,
+    pub default_max_tokens: usize,
+    pub served_model_name: Option<String>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            adapter: None,
+            vectors: Vec::new(),
+            vector_kind: "response_avg".into(),
+            layer: None,
+            thresholds: Vec::new(),
+            on_alert: OnAlert::Warn,
+            max_batch: 16,
+            default_max_tokens: 512,
+            served_model_name: None,
+        }
+    }
+}
+
+/// A running server: its address, and a way to stop it.
+pub struct Server {
+    addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    http: Option<std::thread::JoinHandle<Result<()>>>,
+    engine: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR/v1`, the base URL OpenAI clients take.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Blocks until the server stops (it stops only on error or [`Server::shutdown`]).
+    pub fn wait(mut self) -> Result<()> {
+        let result = match self.http.take() {
+            Some(h) => h
+                .join()
+                .unwrap_or_else(|_| bail!("the HTTP thread panicked")),
+            None => Ok(()),
+        };
+        if let Some(e) = self.engine.take() {
+            let _ = e.join();
+        }
+        result
+    }
+
+    /// Stops accepting connections, lets requests in flight finish, and waits for both threads.
+    pub fn shutdown(mut self) -> Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.wait()
+    }
+}
+
+/// Starts serving `lm` as `config` says: loads the adapter and vectors (any error is returned
+/// before the port is bound), binds the port, and runs the engine and the HTTP server on their
+/// own threads.
+pub fn start(lm: LoadedModel, config: ServeConfig) -> Result<Server> {
+    ensure!(config.max_batch >= 1, "--max-batch must be at least 1");
+    let model_config = lm.model.config().clone();
+    let device = lm.model.device();
+    let adapters = match &config.adapter {
+        Some(dir) => Some(
+            crate::lora::Adapters::load_peft(dir, &model_config, &device)
+                .with_context(|| format!("loading the adapter {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let thresholds = Thresholds::parse(&config.thresholds)?;
+    let mut directions: Vec<TraitDirection> = Vec::new();
+    for path in &config.vectors {
+        let d = TraitDirection::load(path, &config.vector_kind, config.layer, &model_config)
+            .with_context(|| format!("--vector {}", path.display()))?;
+        ensure!(
+            directions.iter().all(|o| o.trait_name != d.trait_name),
+            "--vector {}: a vector for trait {:?} is already served",
+            path.display(),
+            d.trait_name
+        );
+        directions.push(d);
+    }
+    for name in thresholds.per_trait.iter().map(|(n, _)| n) {
+        ensure!(
+            directions.iter().any(|d| &d.trait_name == name),
+            "--threshold {name}=...: no --vector has trait {name:?} (served: {})",
+            directions
+                .iter()
+                .map(|d| d.trait_name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let served_name = config.served_model_name.clone().unwrap_or_else(|| {
+        lm.files
+            .path()
+            .file_stem()
+            .map_or("model".into(), |s| s.to_string_lossy().into_owned())
+    });
+
+    let listener = std::net::TcpListener::bind((config.host.as_str(), config.port))
+        .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+
+    let tokenizer = Arc::new(lm.tokenizer);
+    let monitors = directions
+        .iter()
+        .map(|d| Monitor {
+            direction: d.clone(),
+            threshold: thresholds.get(&d.trait_name),
+        })
+        .collect();
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::channel();
+    let engine = Engine {
+        model: lm.model,
+        adapters,
+        tokenizer: tokenizer.clone(),
+        monitors,
+        refuse_on_alert: config.on_alert == OnAlert::Refuse,
+        max_batch: config.max_batch,
+    };
+    let engine = std::thread::Builder::new()
+        .name("serve-engine".into())
+        .spawn(move || engine.run(jobs_rx))?;
+
+    let state = Arc::new(http::AppState {
+        jobs: jobs_tx,
+        tokenizer,
+        directions: directions
+            .into_iter()
+            .map(|d| (d.trait_name.clone(), d))
+            .collect(),
+        model_config,
+        served_name,
+        default_max_tokens: config.default_max_tokens,
+        on_alert: config.on_alert,
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    });
+    let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let http = std::thread::Builder::new()
+        .name("serve-http".into())
+        .spawn(move || -> Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                axum::serve(listener, http::router(state))
+                    .with_graceful_shutdown(async move {
+                        let _ = shutdown_rx.await;
+                    })
+                    .await?;
+                Ok(())
+            })
+        })?;
+    Ok(Server {
+        addr,
+        shutdown: Some(shutdown_tx),
+        http: Some(http),
+        engine: Some(engine),
+    })
+}
+
+/// `--threshold T` (every trait) and `--threshold TRAIT=T`.
+struct Thresholds {
+    all: Option<f32>,
+    per_trait: Vec<(String, f32)>,
+}
+
+impl Thresholds {
+    fn parse(specs: &[String]) -> Result<Self> {
+        let mut t = Thresholds {
+            all: None,
+            per_trait: Vec::new(),
+        };
+        for spec in specs {
+            let (name, value) = match spec.split_once('=') {
+                Some((name, value)) => (Some(name.trim()), value),
+                None => (None, spec.as_str()),
+            };
+            let value: f32 = value.trim().parse().with_context(|| {
+                format!("--threshold {spec:?}: expected a number or TRAIT=NUMBER")
+            })?;
+            match name {
+                Some(name) => t.per_trait.push((name.to_string(), value)),
+                None => t.all = Some(value),
+            }
+        }
+        Ok(t)
+    }
+
+    fn get(&self, name: &str) -> Option<f32> {
+        self.per_trait
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+            .or(self.all)
+    }
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    crate::device::tune_allocator();
+    let lm = a.model.load()?;
+    let config = ServeConfig {
+        host: a.host,
+        port: a.port,
+        adapter: a.adapter,
+        vectors: a.vectors,
+        vector_kind: a.vector_kind,
+        layer: a.layer,
+        thresholds: a.thresholds,
+        on_alert: a.on_alert,
+        max_batch: a.max_batch,
+        default_max_tokens: a.max_tokens,
+        served_model_name: a.served_model_name,
+    };
+    let server = start(lm, config)?;
+    eprintln!(
+        "serving on {} (POST /v1/chat/completions, GET /v1/models, GET /health)",
+        server.base_url()
+    );
+    server.wait()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Thresholds;
+
+    #[test]
+    fn thresholds_per_trait_override_the_global_one() {
+        let t = Thresholds::parse(&["2.5".into(), "evil=-1".into()]).unwrap();
+        assert_eq!(t.get("evil"), Some(-1.0));
+        assert_eq!(t.get("sycophancy"), Some(2.5));
+        assert!(Thresholds::parse(&["evil=x".into()]).is_err());
+    }
 }

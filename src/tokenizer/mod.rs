@@ -362,6 +362,31 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The bytes one token stands for (what the OpenAI API's logprobs report as `bytes`): a
+    /// byte-level BPE token's characters mapped back to bytes, an added token's text as is.
+    /// A token may be part of a multi-byte character, so the bytes need not be valid UTF-8.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let Some(token) = self.inner.id_to_token(id) else {
+            return Vec::new();
+        };
+        let added = self
+            .inner
+            .get_added_vocabulary()
+            .get_added_tokens_decoder()
+            .contains_key(&id);
+        if !added {
+            let table = bytes_to_unicode();
+            let bytes: Option<Vec<u8>> = token
+                .chars()
+                .map(|c| table.iter().position(|&t| t == c).map(|b| b as u8))
+                .collect();
+            if let Some(bytes) = bytes {
+                return bytes;
+            }
+        }
+        token.into_bytes()
+    }
+
     /// Ids that end a generation: EOS plus end-of-turn tokens present in the vocab (<|im_end|>,
     /// <|eot_id|>, <|endoftext|>, <|end_of_text|> ...).
     pub fn stop_ids(&self) -> &[u32] {
