@@ -1,4 +1,5 @@
-//! Line charts as PNG files, for reports (layer sweeps, training curves).
+//! Line charts and histograms as PNG files, for reports (layer sweeps, training curves, data
+//! screening).
 //!
 //! Text is drawn with DejaVu Sans compiled into the binary, so charts render the same on any
 //! machine without system fonts or fontconfig.
@@ -124,6 +125,120 @@ impl LineChart {
     }
 }
 
+/// Overlaid histograms of several samples on shared bins, each normalized to its own size (the
+/// y axis is the share of that series' values), with a dashed line at each series' mean.
+#[derive(Debug, Clone)]
+pub struct Histogram {
+    pub title: String,
+    pub x_label: String,
+    /// `(label, values)`; non-finite values are left out.
+    pub series: Vec<(String, Vec<f64>)>,
+    pub bins: usize,
+}
+
+impl Histogram {
+    /// Per series, the share of its values in each of `bins` equal bins over `range` (the last
+    /// bin includes its right edge).
+    pub fn shares(values: &[f64], range: &Range<f64>, bins: usize) -> Vec<f64> {
+        let mut counts = vec![0usize; bins];
+        let width = (range.end - range.start) / bins as f64;
+        let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+        for v in &finite {
+            let i = (((v - range.start) / width).floor().max(0.0) as usize).min(bins - 1);
+            counts[i] += 1;
+        }
+        let n = finite.len().max(1) as f64;
+        counts.into_iter().map(|c| c as f64 / n).collect()
+    }
+
+    pub fn save_png(&self, path: &Path) -> Result<()> {
+        register_font();
+        ensure!(self.bins > 0, "a histogram needs at least one bin");
+        let all = || {
+            self.series
+                .iter()
+                .flat_map(|s| &s.1)
+                .copied()
+                .filter(|v| v.is_finite())
+        };
+        ensure!(
+            all().next().is_some(),
+            "{}: a histogram needs at least one value",
+            path.display()
+        );
+        let x = padded(all(), 0.0);
+        let shares: Vec<Vec<f64>> = self
+            .series
+            .iter()
+            .map(|s| Self::shares(&s.1, &x, self.bins))
+            .collect();
+        let top = shares.iter().flatten().copied().fold(0.0, f64::max);
+        let width = (x.end - x.start) / self.bins as f64;
+        let err = |e: &dyn std::fmt::Display| anyhow!("cannot draw {}: {e}", path.display());
+
+        let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(&self.title, ("sans-serif", 24))
+            .margin(16)
+            .x_label_area_size(48)
+            .y_label_area_size(64)
+            .build_cartesian_2d(x.clone(), 0.0..top * 1.1)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc(&self.x_label)
+            .y_desc("share of samples")
+            .x_label_formatter(&|v| tick(*v))
+            .y_label_formatter(&|v| tick(*v))
+            .label_style(("sans-serif", 15))
+            .draw()
+            .map_err(|e| err(&e))?;
+        for (k, ((label, values), shares)) in self.series.iter().zip(&shares).enumerate() {
+            let color = PALETTE[k % PALETTE.len()];
+            let bars = shares.iter().enumerate().map(|(i, &s)| {
+                let x0 = x.start + i as f64 * width;
+                Rectangle::new([(x0, 0.0), (x0 + width, s)], color.mix(0.35).filled())
+            });
+            chart
+                .draw_series(bars)
+                .map_err(|e| err(&e))?
+                .label(label)
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 6), (x + 24, y + 6)], color.filled())
+                });
+            let outline = shares.iter().enumerate().flat_map(|(i, &s)| {
+                let x0 = x.start + i as f64 * width;
+                [(x0, s), (x0 + width, s)]
+            });
+            chart
+                .draw_series(LineSeries::new(outline, color.stroke_width(2)))
+                .map_err(|e| err(&e))?;
+            let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+            if !finite.is_empty() {
+                let mean = finite.iter().sum::<f64>() / finite.len() as f64;
+                chart
+                    .draw_series(DashedLineSeries::new(
+                        [(mean, 0.0), (mean, top * 1.1)],
+                        8,
+                        6,
+                        color.stroke_width(2),
+                    ))
+                    .map_err(|e| err(&e))?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 15))
+            .draw()
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))
+    }
+}
+
 fn register_font() {
     static FONT: Once = Once::new();
     FONT.call_once(|| {
@@ -163,6 +278,12 @@ mod tests {
         assert_eq!(tick(2.5), "2.5");
         assert_eq!(tick(-0.25), "-0.25");
         assert_eq!(tick(100.0), "100");
+    }
+
+    #[test]
+    fn histogram_shares_sum_to_one_per_series() {
+        let s = Histogram::shares(&[0.0, 0.5, 1.0, 1.0, f64::NAN], &(0.0..1.0), 2);
+        assert_eq!(s, vec![0.25, 0.75]);
     }
 
     #[test]

@@ -1,8 +1,362 @@
-//! Last-prompt-token monitoring (placeholder: being written).
+//! Last-prompt-token monitoring: how far a prompt pushes the model along a persona vector before
+//! it has written a single reply token.
+//!
+//! The measured position is the last token of the prompt rendered with the generation prompt,
+//! i.e. exactly the position whose logits give the first reply token (the paper's "projection at
+//! the last prompt token", which predicts the trait expression of the reply to come).
+//!
+//! `persona-train monitor` reads one prompt per line, in any of these forms:
+//! - a chat row `{"messages": [...]}` (system/user/assistant turns, not ending with an assistant
+//!   message: the reply to come is what is monitored);
+//! - a JSON string `"..."`, one user message (for text with newlines);
+//! - anything else: the line's text as one user message.
+//!
+//! It writes one JSON line per prompt and trait and repeats alerts on stderr.
+
+use crate::cli::ModelArgs;
+use crate::lora::Adapters;
+use crate::model::{CausalLm, ForwardInput, LogitsFor};
+use crate::persona::vector::TraitDirection;
+use crate::tokenizer::ChatMessage;
+use anyhow::{bail, ensure, Context, Result};
+use serde::Serialize;
+use std::io::{Read, Write};
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
-pub struct MonitorArgs {}
+pub struct MonitorArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Persona-vector file (.safetensors) or llama.cpp control vector (.gguf); repeat to monitor
+    /// several traits in the same pass.
+    #[arg(long, required = true)]
+    vector: Vec<PathBuf>,
+    /// Which of the file's vectors to project on (the paper monitors with the response-average
+    /// persona vector).
+    #[arg(long, default_value = "response_avg")]
+    vector_kind: String,
+    /// Hidden-state index to project at (every vector); default: each file's recommended layer,
+    /// else 2/3 of the depth.
+    #[arg(long)]
+    layer: Option<usize>,
+    /// Alert when a projection is above this. One value for every vector, or one per `--vector`
+    /// in the same order.
+    #[arg(long, allow_negative_numbers = true)]
+    threshold: Vec<f32>,
+    /// Prompts file (see the module docs for the accepted line forms); `-` reads stdin.
+    #[arg(long)]
+    prompts: String,
+    /// Write the JSON lines here instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Prompts per forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Exit with an error when any prompt alerts (for pipelines).
+    #[arg(long)]
+    fail_on_alert: bool,
+}
 
-pub fn run(_a: MonitorArgs) -> anyhow::Result<()> {
-    anyhow::bail!("monitor is not written yet")
+/// One input line, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonitoredPrompt {
+    /// 1-based line in the input.
+    pub line: usize,
+    pub messages: Vec<ChatMessage>,
+}
+
+impl MonitoredPrompt {
+    /// The last user message (what the output shows as "prompt").
+    pub fn text(&self) -> &str {
+        self.messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .or(self.messages.last())
+            .map_or("", |m| m.content.as_str())
+    }
+}
+
+/// Parses monitor input (see the module docs); `origin` names it in errors (`file:line`).
+pub fn parse_prompts(text: &str, origin: &str) -> Result<Vec<MonitoredPrompt>> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Row {
+        messages: Vec<ChatMessage>,
+    }
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            continue;
+        }
+        let messages = if trimmed.starts_with('{') {
+            let row: Row = serde_json::from_str(trimmed).with_context(|| {
+                format!(
+                    "{origin}:{line}: a line starting with '{{' must be a chat row {{\"messages\": [{{\"role\": ..., \"content\": ...}}, ...]}} (write plain text that starts with '{{' as a JSON string)"
+                )
+            })?;
+            let m = row.messages;
+            ensure!(!m.is_empty(), "{origin}:{line}: \"messages\" is empty");
+            for (j, msg) in m.iter().enumerate() {
+                ensure!(
+                    matches!(msg.role.as_str(), "system" | "user" | "assistant"),
+                    "{origin}:{line}: messages[{j}].role is {:?} (expected system, user or assistant)",
+                    msg.role
+                );
+            }
+            ensure!(
+                m.last().is_some_and(|msg| msg.role != "assistant"),
+                "{origin}:{line}: the chat ends with an assistant message; monitor measures the prompt of the reply to come, so end it with a user message"
+            );
+            m
+        } else if trimmed.starts_with('"') {
+            let s: String = serde_json::from_str(trimmed).with_context(|| {
+                format!("{origin}:{line}: a line starting with '\"' must be one JSON string")
+            })?;
+            vec![ChatMessage::new("user", s)]
+        } else {
+            vec![ChatMessage::new("user", raw)]
+        };
+        out.push(MonitoredPrompt { line, messages });
+    }
+    ensure!(!out.is_empty(), "{origin}: no prompts");
+    Ok(out)
+}
+
+/// Projection of every prompt's last token on every direction, in one left-padded forward pass
+/// (left padding puts every row's last prompt token in the last column). `prompts` are token ids
+/// with the chat template and generation prompt applied. Returns `[prompt][direction]`.
+pub fn last_token_projections(
+    model: &CausalLm,
+    adapters: Option<&Adapters>,
+    prompts: &[Vec<u32>],
+    directions: &[TraitDirection],
+) -> Result<Vec<Vec<f32>>> {
+    ensure!(
+        prompts.iter().all(|p| !p.is_empty()),
+        "cannot monitor an empty prompt"
+    );
+    if prompts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let out = model.forward(
+        &ForwardInput::left_padded(prompts, 0, &model.device()),
+        None,
+        adapters,
+        None,
+        LogitsFor::None,
+        true,
+    );
+    let b = prompts.len();
+    let mut result = vec![Vec::with_capacity(directions.len()); b];
+    // Each distinct layer's last column is read once.
+    let mut rows_at: std::collections::BTreeMap<usize, Vec<f32>> = Default::default();
+    for d in directions {
+        ensure!(
+            d.layer < out.hidden_states.len(),
+            "{}: layer {} is out of range (the model returns {} hidden states)",
+            d.trait_name,
+            d.layer,
+            out.hidden_states.len()
+        );
+        if !rows_at.contains_key(&d.layer) {
+            let h = &out.hidden_states[d.layer];
+            let [_, t, hidden] = h.dims();
+            let last: Vec<f32> = h
+                .clone()
+                .slice([0..b, t - 1..t, 0..hidden])
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec()?;
+            rows_at.insert(d.layer, last);
+        }
+    }
+    for d in directions {
+        let last = &rows_at[&d.layer];
+        let hidden = last.len() / b;
+        for (r, row) in result.iter_mut().enumerate() {
+            row.push(d.project(&last[r * hidden..(r + 1) * hidden]));
+        }
+    }
+    Ok(result)
+}
+
+/// One output line of `persona-train monitor`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MonitorRecord {
+    /// 0-based index among the prompts.
+    pub index: usize,
+    /// 1-based line of the input.
+    pub line: usize,
+    pub prompt: String,
+    #[serde(rename = "trait")]
+    pub trait_name: String,
+    pub layer: usize,
+    pub projection: f32,
+    pub threshold: Option<f32>,
+    pub alert: bool,
+}
+
+pub fn run(a: MonitorArgs) -> Result<()> {
+    ensure!(a.batch_size > 0, "--batch-size must be at least 1");
+    ensure!(
+        a.threshold.len() <= 1 || a.threshold.len() == a.vector.len(),
+        "--threshold was given {} times for {} --vector files: give one value for all, or one per vector",
+        a.threshold.len(),
+        a.vector.len()
+    );
+    let (text, origin) = if a.prompts == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .lock()
+            .read_to_end(&mut bytes)
+            .context("cannot read prompts from stdin")?;
+        let s = String::from_utf8(bytes).context("prompts on stdin are not UTF-8")?;
+        (s, "<stdin>".to_owned())
+    } else {
+        let s = std::fs::read_to_string(&a.prompts)
+            .with_context(|| format!("cannot read prompts file {}", a.prompts))?;
+        (s, a.prompts.clone())
+    };
+    let prompts = parse_prompts(&text, &origin)?;
+    let m = a.model.load()?;
+    let directions = a
+        .vector
+        .iter()
+        .map(|p| TraitDirection::load(p, &a.vector_kind, a.layer, m.model.config()))
+        .collect::<Result<Vec<_>>>()?;
+    let thresholds: Vec<Option<f32>> = (0..directions.len())
+        .map(|i| match a.threshold.len() {
+            0 => None,
+            1 => Some(a.threshold[0]),
+            _ => Some(a.threshold[i]),
+        })
+        .collect();
+    let ids = prompts
+        .iter()
+        .map(|p| {
+            Ok(m.tokenizer
+                .encode_chat(&p.messages, true)
+                .with_context(|| format!("{origin}:{}", p.line))?
+                .ids)
+        })
+        .collect::<Result<Vec<_>>>()?;
+
+    let mut sink: Box<dyn Write> = match &a.out {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let bar = (prompts.len() > a.batch_size)
+        .then(|| super::extract::progress(prompts.len() as u64, "last-token projections"));
+    let mut alerts = 0;
+    for (chunk, (ps, ids)) in prompts
+        .chunks(a.batch_size)
+        .zip(ids.chunks(a.batch_size))
+        .enumerate()
+    {
+        let projections = last_token_projections(&m.model, None, ids, &directions)?;
+        for (k, (p, row)) in ps.iter().zip(projections).enumerate() {
+            let mut alerted = false;
+            for ((d, &threshold), projection) in directions.iter().zip(&thresholds).zip(row) {
+                let alert = threshold.is_some_and(|t| projection > t);
+                let record = MonitorRecord {
+                    index: chunk * a.batch_size + k,
+                    line: p.line,
+                    prompt: p.text().to_owned(),
+                    trait_name: d.trait_name.clone(),
+                    layer: d.layer,
+                    projection,
+                    threshold,
+                    alert,
+                };
+                if alert {
+                    let msg = format!(
+                        "ALERT {origin}:{}: {} projection {projection:.3} > {} at layer {}: {}",
+                        p.line,
+                        d.trait_name,
+                        threshold.unwrap_or_default(),
+                        d.layer,
+                        one_line(p.text(), 80)
+                    );
+                    match &bar {
+                        Some(bar) => bar.suspend(|| eprintln!("{msg}")),
+                        None => eprintln!("{msg}"),
+                    }
+                    alerted = true;
+                }
+                writeln!(sink, "{}", serde_json::to_string(&record)?)?;
+            }
+            alerts += alerted as usize;
+        }
+        sink.flush()?;
+        if let Some(bar) = &bar {
+            bar.inc(ps.len() as u64);
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if a.fail_on_alert && alerts > 0 {
+        bail!(
+            "{alerts} of {} prompts alerted (--fail-on-alert)",
+            prompts.len()
+        );
+    }
+    Ok(())
+}
+
+/// The text on one line, cut to `max` characters.
+pub(crate) fn one_line(s: &str, max: usize) -> String {
+    let flat: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &flat[..at]),
+        None => flat,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_chats_json_strings_and_plain_text() {
+        let text = "plain question?\n\n\"a \\\"quoted\\\"\\nline\"\n{\"messages\": [{\"role\": \"system\", \"content\": \"S\"}, {\"role\": \"user\", \"content\": \"U\"}]}\n";
+        let p = parse_prompts(text, "in").unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(
+            p[0].messages,
+            vec![ChatMessage::new("user", "plain question?")]
+        );
+        assert_eq!(p[1].line, 3);
+        assert_eq!(p[1].text(), "a \"quoted\"\nline");
+        assert_eq!(p[2].messages.len(), 2);
+        assert_eq!(p[2].text(), "U");
+    }
+
+    #[test]
+    fn bad_lines_name_the_line() {
+        let err = parse_prompts("ok\n{not json\n", "in.txt")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("in.txt:2:"), "{err}");
+        let err = parse_prompts(
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, {\"role\": \"assistant\", \"content\": \"a\"}]}",
+            "in",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("in:1") && err.contains("assistant"), "{err}");
+        assert!(parse_prompts("\n  \n", "in").is_err());
+    }
+
+    #[test]
+    fn one_line_flattens_and_cuts() {
+        assert_eq!(one_line("a\nb  c", 10), "a b c");
+        assert_eq!(one_line("abcdef", 3), "abc…");
+    }
 }
