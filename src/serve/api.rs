@@ -189,7 +189,11 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
         } else {
             format!("invalid request: {inner} (at {path})")
         };
-        ApiError::invalid(message, if path == "." { String::new() } else { path })
+        let param = match path.as_str() {
+            "." | "?" => String::new(),
+            _ => path,
+        };
+        ApiError::invalid(message, param)
     })
 }
 

@@ -19,6 +19,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
@@ -105,7 +106,19 @@ pub struct Monitor {
     pub threshold: Option<f32>,
 }
 
+/// Counters the engine keeps for `GET /health`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Rows in the running batch now.
+    pub running: AtomicUsize,
+    /// The largest batch decoded so far.
+    pub peak_batch: AtomicUsize,
+    /// Requests finished (stopped, refused or failed).
+    pub finished: AtomicUsize,
+}
+
 pub struct Engine {
+    pub stats: Arc<Stats>,
     pub model: CausalLm,
     pub adapters: Option<Adapters>,
     pub tokenizer: Arc<Tokenizer>,
@@ -177,9 +190,14 @@ impl Engine {
                 // The batch's state is unknown after a failure: fail every row and start over.
                 for row in rows.drain(..) {
                     let _ = row.job.events.send(Event::Failed(why.clone()));
+                    self.stats.finished.fetch_add(1, Ordering::Relaxed);
                 }
                 cache = KvCache::new(self.model.config().num_layers);
             }
+            self.stats.running.store(rows.len(), Ordering::Relaxed);
+            self.stats
+                .peak_batch
+                .fetch_max(rows.len(), Ordering::Relaxed);
         }
     }
 
@@ -234,6 +252,7 @@ impl Engine {
             let refused = self.refuse_on_alert && persona.iter().any(|p| p.alert);
             let _ = job.events.send(Event::Started { persona, refused });
             if refused {
+                self.stats.finished.fetch_add(1, Ordering::Relaxed);
                 let _ = job.events.send(Event::Done {
                     finish: Finish::ContentFilter,
                     prompt_tokens: job.prompt.len(),
@@ -398,6 +417,7 @@ impl Engine {
             logprobs,
         });
         if let Some(finish) = finish {
+            self.stats.finished.fetch_add(1, Ordering::Relaxed);
             let _ = row.job.events.send(Event::Done {
                 finish,
                 prompt_tokens: row.job.prompt.len(),

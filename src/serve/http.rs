@@ -2,7 +2,7 @@
 //! OpenAI-shaped JSON errors for everything else (axum's own rejections are plain text).
 
 use super::api::{self, ApiError, ChatRequest, Completion, SteerLayer};
-use super::engine::{Event, Finish, Job, TokenLogprob};
+use super::engine::{Event, Finish, Job, Stats, TokenLogprob};
 use super::OnAlert;
 use crate::generate::Sampling;
 use crate::model::ModelConfig;
@@ -33,6 +33,7 @@ pub const ALERT_HEADER: &str = "x-persona-alert";
 
 pub struct AppState {
     pub jobs: std::sync::mpsc::Sender<Job>,
+    pub stats: Arc<Stats>,
     pub tokenizer: Arc<Tokenizer>,
     /// Trait name → vector, for monitoring and for requests that steer.
     pub directions: BTreeMap<String, TraitDirection>,
@@ -54,8 +55,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn health() -> Response {
-    api::json_response(StatusCode::OK, &json!({"status": "ok"}))
+/// `{"status": "ok", "running", "peak_batch", "finished"}`: the engine's counters.
+async fn health(State(app): State<Arc<AppState>>) -> Response {
+    let s = &app.stats;
+    api::json_response(
+        StatusCode::OK,
+        &json!({
+            "status": "ok",
+            "running": s.running.load(Ordering::Relaxed),
+            "peak_batch": s.peak_batch.load(Ordering::Relaxed),
+            "finished": s.finished.load(Ordering::Relaxed),
+        }),
+    )
 }
 
 async fn models(State(app): State<Arc<AppState>>) -> Response {

@@ -205,7 +205,9 @@ pub fn start(lm: LoadedModel, config: ServeConfig) -> Result<Server> {
         })
         .collect();
     let (jobs_tx, jobs_rx) = std::sync::mpsc::channel();
+    let stats = Arc::new(engine::Stats::default());
     let engine = Engine {
+        stats: stats.clone(),
         model: lm.model,
         adapters,
         tokenizer: tokenizer.clone(),
@@ -219,6 +221,7 @@ pub fn start(lm: LoadedModel, config: ServeConfig) -> Result<Server> {
 
     let state = Arc::new(http::AppState {
         jobs: jobs_tx,
+        stats,
         tokenizer,
         directions: directions
             .into_iter()
