@@ -290,6 +290,7 @@ impl Engine {
                 .splice(0..0, std::iter::repeat_n(false, theirs));
         }
         rows.extend(new_rows);
+        trim(rows, cache);
         Ok(())
     }
 
@@ -352,17 +353,7 @@ impl Engine {
                 return Ok(());
             }
             cache.select_rows(&kept);
-            // Columns that only the rows that left needed.
-            let unused = rows
-                .iter()
-                .map(|r| r.key_mask.iter().take_while(|&&real| !real).count())
-                .min()
-                .unwrap_or(0);
-            if unused > 0 {
-                cache.trim_front(unused);
-                rows.iter_mut()
-                    .for_each(|r| drop(r.key_mask.drain(..unused)));
-            }
+            trim(rows, cache);
         }
         Ok(())
     }
@@ -497,6 +488,20 @@ impl Engine {
             .pad_id()
             .or(self.tokenizer.eos_id())
             .unwrap_or(0)
+    }
+}
+
+/// Drops the cache columns that every row has as padding (those only rows that left needed).
+fn trim(rows: &mut [Row], cache: &mut KvCache) {
+    let unused = rows
+        .iter()
+        .map(|r| r.key_mask.iter().take_while(|&&real| !real).count())
+        .min()
+        .unwrap_or(0);
+    if unused > 0 {
+        cache.trim_front(unused);
+        rows.iter_mut()
+            .for_each(|r| drop(r.key_mask.drain(..unused)));
     }
 }
 
