@@ -311,8 +311,10 @@ struct SteerArgs {
     /// Defaults to the vector's `recommended_layer` metadata (written by `sweep`).
     #[arg(long)]
     layer: Option<usize>,
-    #[arg(long, default_value_t = 0.0)]
-    coef: f32,
+    /// Steering coefficient. Defaults to the vector's `recommended_coef` metadata (written by
+    /// `sweep --write-recommendation`).
+    #[arg(long, allow_negative_numbers = true)]
+    coef: Option<f32>,
     #[arg(long, default_value = "response")]
     positions: crate::steering::Positions,
     /// Add the layer-incremental vectors coef * (v[l] - v[l-1]) at every block instead.
@@ -327,12 +329,13 @@ impl SteerArgs {
     fn build(&self, config: &crate::model::ModelConfig) -> Result<Option<Steering>> {
         let Some(path) = &self.steer else {
             anyhow::ensure!(
-                self.layer.is_none() && !self.all_layers,
-                "--layer/--all-layers need --steer FILE"
+                self.layer.is_none() && !self.all_layers && self.coef.is_none(),
+                "--layer/--all-layers/--coef need --steer FILE"
             );
             return Ok(None);
         };
-        let (rows, recommended) = crate::persona::vector::read_rows(path, &self.vector_kind, config)?;
+        let (rows, recommended) =
+            crate::persona::vector::read_rows(path, &self.vector_kind, config)?;
         let layers = if self.all_layers {
             SteerLayers::All
         } else {
@@ -341,10 +344,14 @@ impl SteerArgs {
             })?;
             SteerLayers::Single(layer)
         };
+        let coef = match self.coef {
+            Some(c) => c,
+            None => recommended_coef(path)?,
+        };
         let steering = Steering::new(
             &rows,
             layers,
-            self.coef,
+            coef,
             self.positions,
             config.num_layers,
             config.hidden_size,
@@ -352,6 +359,29 @@ impl SteerArgs {
         .with_context(|| format!("steering with {}", path.display()))?;
         Ok(Some(steering))
     }
+}
+
+/// The coefficient `sweep --write-recommendation` stored in a vector file.
+fn recommended_coef(path: &std::path::Path) -> Result<f32> {
+    let missing = || {
+        format!(
+            "{}: no recommended_coef in the vector's metadata; pass --coef C",
+            path.display()
+        )
+    };
+    anyhow::ensure!(
+        path.extension().is_none_or(|e| e != "gguf"),
+        "{}",
+        missing()
+    );
+    let v = PersonaVector::load(path)?;
+    let c = v.metadata.get("recommended_coef").with_context(missing)?;
+    c.parse().with_context(|| {
+        format!(
+            "{}: metadata recommended_coef {c:?} is not a number",
+            path.display()
+        )
+    })
 }
 
 #[derive(Args)]

@@ -111,6 +111,29 @@ fn steering_changes_the_reply_and_checks_its_arguments() {
     assert!(ok, "{stderr}");
     assert_ne!(plain, steered);
 
+    // Without --coef, the coefficient a sweep recommended (and nothing silently otherwise).
+    let no_coef: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--steer", v, "--all-layers"])
+        .collect();
+    let (ok, _, stderr) = run(&no_coef);
+    assert!(!ok && stderr.contains("recommended_coef"), "{stderr}");
+    let mut with_recommendation = PersonaVector::load(&vector).unwrap();
+    with_recommendation
+        .metadata
+        .insert("recommended_coef".into(), "6".into());
+    let recommended = dir.path().join("recommended.safetensors");
+    with_recommendation.save(&recommended).unwrap();
+    let rec_args: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--steer", recommended.to_str().unwrap(), "--all-layers"])
+        .collect();
+    let (ok, rec_steered, stderr) = run(&rec_args);
+    assert!(ok, "{stderr}");
+    assert_eq!(rec_steered, steered);
+
     let no_layer: Vec<&str> = base
         .iter()
         .copied()
