@@ -142,7 +142,7 @@ mod tests {
             .clone()
             .into_data()
             .convert::<f32>()
-            .to_vec()
+            .try_into_vec()
             .unwrap()
     }
 

@@ -20,7 +20,7 @@ use rand::SeedableRng;
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -159,11 +159,8 @@ impl Engine {
                     Err(_) => return,
                 }
             }
-            loop {
-                match jobs.try_recv() {
-                    Ok(job) => waiting.push_back(job),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
+            while let Ok(job) = jobs.try_recv() {
+                waiting.push_back(job);
             }
             waiting.retain(|j| !j.events.is_closed());
             let room = self.max_batch.saturating_sub(rows.len());
