@@ -535,3 +535,78 @@ fn sixteen_concurrent_clients_are_all_served() {
         assert!(h.join().unwrap() > 0);
     }
 }
+
+#[test]
+fn an_adapter_is_applied_as_generate_applies_it() {
+    use burn::tensor::{Tensor, TensorData};
+    use persona_train::generate::{generate, Sampling};
+    use persona_train::lora::{Adapters, LoraConfig, Target};
+
+    let lm = persona_train::loader::load(
+        &persona_train::source::resolve(persona_train::source::DEFAULT_MODEL).unwrap(),
+        &Device::flex(),
+        DType::F32,
+    )
+    .unwrap();
+    let device = lm.model.device();
+    let config = LoraConfig {
+        r: 2,
+        alpha: 4.0,
+        targets: vec![Target::Q, Target::V, Target::Down],
+        ..LoraConfig::default()
+    };
+    // PEFT's initialisation with a deterministic, non-zero B, so the adapter changes the model.
+    let adapters = Adapters::init(&config, lm.model.config(), 7, &device)
+        .unwrap()
+        .map(|_, _, is_b, t| {
+            if !is_b {
+                return t;
+            }
+            let shape = t.dims();
+            let values = (0..shape[0] * shape[1])
+                .map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.2)
+                .collect::<Vec<f32>>();
+            Tensor::from_data(TensorData::new(values, shape), &device)
+        });
+    let dir = tempfile::tempdir().unwrap();
+    adapters.save_peft(dir.path(), "smollm2").unwrap();
+
+    let question = "What is your favourite food?";
+    let prompt = lm
+        .tokenizer
+        .encode_chat(&[ChatMessage::new("user", question)], true)
+        .unwrap()
+        .ids;
+    let pad = lm.tokenizer.pad_id().unwrap();
+    let sampling = Sampling {
+        max_new_tokens: 12,
+        ..Sampling::default()
+    };
+    let reply = |a: Option<&Adapters>| {
+        let ids = generate(
+            &lm.model,
+            a,
+            std::slice::from_ref(&prompt),
+            lm.tokenizer.stop_ids(),
+            pad,
+            &sampling,
+            None,
+        )
+        .unwrap();
+        lm.tokenizer.decode(&ids[0], true).unwrap()
+    };
+    let expected = reply(Some(&adapters));
+    assert_ne!(expected, reply(None), "the adapter changes nothing");
+
+    let server = serve::start(
+        lm,
+        ServeConfig {
+            port: 0,
+            adapter: Some(dir.path().to_path_buf()),
+            ..ServeConfig::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(chat(&server, greedy(question, 12)).content(), expected);
+    server.shutdown().unwrap();
+}
