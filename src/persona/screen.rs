@@ -353,6 +353,19 @@ pub fn score(
     datasets: &[Dataset],
     cfg: &ScreenConfig,
 ) -> Result<Screened> {
+    let mut all = score_directions(m, std::slice::from_ref(direction), datasets, cfg)?;
+    Ok(all.remove(0))
+}
+
+/// [`score`] on several directions (traits, or one trait's rows at several layers) at the cost of
+/// one: the base answers and the forward passes are shared. One [`Screened`] per direction.
+pub fn score_directions(
+    m: &LoadedModel,
+    directions: &[TraitDirection],
+    datasets: &[Dataset],
+    cfg: &ScreenConfig,
+) -> Result<Vec<Screened>> {
+    ensure!(!directions.is_empty(), "no direction to score on");
     ensure!(cfg.batch_size > 0, "batch size must be at least 1");
     let tok = &m.tokenizer;
     // Tokenize everything first, so a bad chat fails before any long computation.
@@ -434,9 +447,11 @@ pub fn score(
 
     // Forward passes: the datasets' chats, then the base answers.
     let mut seqs: Vec<Teacher> = teachers.iter().flatten().cloned().collect();
+    // In first-seen order, so that the batches (and their float rounding) are the same every run.
     let mut base_index: HashMap<&[u32], usize> = HashMap::new();
-    for (p, a) in &answers {
-        if !a.is_empty() {
+    for p in prompts.iter().flatten() {
+        let Some(a) = answers.get(p) else { continue };
+        if !a.is_empty() && !base_index.contains_key(p.as_slice()) {
             base_index.insert(p.as_slice(), seqs.len());
             seqs.push(
                 Teacher {
@@ -447,64 +462,61 @@ pub fn score(
             );
         }
     }
-    let projections = measure(m, &seqs, direction, cfg.batch_size)?;
+    let projections = measure(m, &seqs, directions, cfg.batch_size)?;
 
-    let mut scores = Vec::new();
-    let mut k = 0;
-    for (d, ps) in datasets.iter().zip(&prompts) {
-        let mut rows = Vec::new();
-        for (s, p) in d.samples.iter().zip(ps) {
-            let own = projections[k];
-            k += 1;
-            let base = base_index
-                .get(p.as_slice())
-                .map(|&i| projections[i].response_avg);
-            let base_answer = match answers.get(p) {
-                Some(a) => Some(tok.decode(a, true)?),
-                None => None,
-            };
-            rows.push(SampleScore {
-                dataset: d.path.display().to_string(),
-                line: s.line,
-                delta: base.map(|b| own.response_avg - b),
-                proxy: own.response_avg - own.prompt_last,
-                response_projection: own.response_avg,
-                base_projection: base,
-                prompt_last_projection: own.prompt_last,
-                base_answer,
-            });
-        }
-        scores.push(rows);
+    let mut base_answers: HashMap<&[u32], String> = HashMap::new();
+    for (p, a) in &answers {
+        base_answers.insert(p.as_slice(), tok.decode(a, true)?);
     }
-    Ok(Screened {
-        scores,
-        generated,
-        cached,
-    })
+    let per_direction = (0..directions.len()).map(|di| {
+        let mut scores = Vec::new();
+        let mut k = 0;
+        for (d, ps) in datasets.iter().zip(&prompts) {
+            let mut rows = Vec::new();
+            for (s, p) in d.samples.iter().zip(ps) {
+                let own = projections[k][di];
+                k += 1;
+                let base = base_index
+                    .get(p.as_slice())
+                    .map(|&i| projections[i][di].response_avg);
+                rows.push(SampleScore {
+                    dataset: d.path.display().to_string(),
+                    line: s.line,
+                    delta: base.map(|b| own.response_avg - b),
+                    proxy: own.response_avg - own.prompt_last,
+                    response_projection: own.response_avg,
+                    base_projection: base,
+                    prompt_last_projection: own.prompt_last,
+                    base_answer: base_answers.get(p.as_slice()).cloned(),
+                });
+            }
+            scores.push(rows);
+        }
+        Screened {
+            scores,
+            generated,
+            cached,
+        }
+    });
+    Ok(per_direction.collect())
 }
 
-/// [`span_projections`] on one direction, in batches of similar length, with a progress bar.
+/// [`span_projections`] in batches of similar length, with a progress bar; `[seq][direction]`.
 fn measure(
     m: &LoadedModel,
     seqs: &[Teacher],
-    direction: &TraitDirection,
+    directions: &[TraitDirection],
     batch_size: usize,
-) -> Result<Vec<SpanProjections>> {
+) -> Result<Vec<Vec<SpanProjections>>> {
     let mut order: Vec<usize> = (0..seqs.len()).collect();
     order.sort_by_key(|&i| seqs[i].ids.len());
-    let mut out = vec![
-        SpanProjections {
-            response_avg: 0.0,
-            prompt_last: 0.0,
-        };
-        seqs.len()
-    ];
+    let mut out = vec![Vec::new(); seqs.len()];
     let bar = progress(seqs.len() as u64, "projections");
     for chunk in order.chunks(batch_size) {
         let batch: Vec<Teacher> = chunk.iter().map(|&i| seqs[i].clone()).collect();
-        let p = span_projections(&m.model, None, &batch, std::slice::from_ref(direction))?;
+        let p = span_projections(&m.model, None, &batch, directions)?;
         for (&i, row) in chunk.iter().zip(p) {
-            out[i] = row[0];
+            out[i] = row;
         }
         bar.inc(chunk.len() as u64);
     }
