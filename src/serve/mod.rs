@@ -299,7 +299,6 @@ impl Thresholds {
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
-    crate::device::tune_allocator();
     let lm = a.model.load()?;
     let config = ServeConfig {
         host: a.host,
