@@ -343,6 +343,14 @@ fn monitoring_warns_and_refuses() {
     assert!(p["evil"]["threshold"].is_null());
     assert!(p["evil"]["projection"].as_f64().unwrap().is_finite());
     assert!(!reply.content().is_empty(), "warn still answers");
+    // A request's own steering (here below the monitored layer, on the last prompt token) does
+    // not move its reading: the monitor sees the prompt as the unsteered model does.
+    let dodging = chat(s, steered("Hello there.", 4, "evil", 10, -8.0)).json();
+    for t in ["evil", "sycophancy"] {
+        let diff = dodging["persona"][t]["projection"].as_f64().unwrap()
+            - p[t]["projection"].as_f64().unwrap();
+        assert!(diff.abs() < 1e-3, "{t}: {diff}");
+    }
 
     let refusing = start(ServeConfig {
         port: 0,

@@ -235,7 +235,23 @@ impl Engine {
             !self.monitors.is_empty(),
         );
         let logits = host(out.logits.expect("LogitsFor::Last returns logits"))?;
-        let readings = self.readings(&out.hidden_states, b, width)?;
+        // The monitor reads the prompt as the unsteered model sees it: otherwise a request could
+        // steer its own reading below a refusal threshold. Steered batches pay a second prefill.
+        let readings = match (&intervention, self.monitors.is_empty()) {
+            (_, true) => Vec::new(),
+            (None, false) => self.readings(&out.hidden_states, b, width)?,
+            (Some(_), false) => {
+                let unsteered = self.model.forward(
+                    &input,
+                    None,
+                    self.adapters.as_ref(),
+                    None,
+                    LogitsFor::None,
+                    true,
+                );
+                self.readings(&unsteered.hidden_states, b, width)?
+            }
+        };
 
         let vocab = self.model.config().vocab_size;
         let mut kept = Vec::new();
