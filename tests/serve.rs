@@ -618,3 +618,48 @@ fn an_adapter_is_applied_as_generate_applies_it() {
     assert_eq!(chat(&server, greedy(question, 12)).content(), expected);
     server.shutdown().unwrap();
 }
+
+/// The `serve` command itself: binds a free port, says where on stderr, answers, and stops when
+/// killed.
+#[test]
+fn the_serve_command_listens_where_it_says() {
+    use std::io::{BufRead, BufReader};
+    /// Kills the server even when an assertion fails.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Killed(
+        Command::new(env!("CARGO_BIN_EXE_persona-train"))
+            .args(["serve", "--port", "0", "--vector"])
+            .arg(repo(EVIL))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
+    let mut line = String::new();
+    let base = loop {
+        line.clear();
+        let n = stderr.read_line(&mut line).unwrap();
+        assert!(n > 0, "serve exited without saying where it listens");
+        if let Some(rest) = line.trim().strip_prefix("serving on ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+    let mut r = agent().get(&format!("{base}/models")).call().unwrap();
+    let models: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(models["data"][0]["id"], "SmolLM2-135M-Instruct.Q4_1");
+    let mut r = agent()
+        .post(&format!("{base}/chat/completions"))
+        .header("content-type", "application/json")
+        .send(greedy("Hi!", 3).to_string())
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    assert!(v["persona"]["evil"]["projection"].is_number(), "{v}");
+}
