@@ -182,6 +182,7 @@ fn delta_p_ranks_caving_above_honest_and_caches_base_answers() {
     let took = t.elapsed();
     // Both files ask the same prompts: each is answered once.
     assert_eq!((first.generated, first.cached), (n, 0));
+    assert_eq!(first.forward, 3 * n); // two datasets' chats and the base answers
     let delta = |d: usize| keys(&first.scores[d], |s| s.delta);
     let proxy = |d: usize| keys(&first.scores[d], |s| Some(s.proxy));
     let auc_delta = auroc(&delta(0), &delta(1));
@@ -204,13 +205,14 @@ fn delta_p_ranks_caving_above_honest_and_caches_base_answers() {
     }
 
     let second = score(m, &v, &data, &cfg).unwrap();
-    assert_eq!((second.generated, second.cached), (0, n));
+    assert_eq!((second.generated, second.cached, second.forward), (0, n, 0));
     assert_eq!(second.scores, first.scores);
     let files: Vec<_> = std::fs::read_dir(cache.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(files.len(), 2, "{files:?}"); // KEY.jsonl and KEY.meta.json
+    // KEY.jsonl and KEY.meta.json (answers), MODEL.projections.jsonl
+    assert_eq!(files.len(), 3, "{files:?}");
 
     // A dataset answering exactly what the base model answers has ΔP 0: the rendered-chat path
     // and the generated-token path measure the same thing.
@@ -226,7 +228,7 @@ fn delta_p_ranks_caving_above_honest_and_caches_base_answers() {
             .collect(),
     };
     let echoed = score(m, &v, &[echo], &cfg).unwrap();
-    assert_eq!(echoed.generated, 0);
+    assert_eq!((echoed.generated, echoed.forward), (0, 3));
     for s in &echoed.scores[0] {
         let scale = s.response_projection.abs().max(1.0);
         assert!(s.delta.unwrap().abs() < 1e-3 * scale, "{s:?}");
@@ -246,7 +248,10 @@ fn delta_p_ranks_caving_above_honest_and_caches_base_answers() {
         ..cfg
     };
     let proxy_only = score(m, &v, &data, &cheap).unwrap();
-    assert_eq!(proxy_only.generated + proxy_only.cached, 0);
+    assert_eq!(
+        (proxy_only.generated + proxy_only.cached, proxy_only.forward),
+        (0, 0)
+    );
     for (a, b) in proxy_only
         .scores
         .iter()
@@ -283,11 +288,11 @@ fn jailbroken_data_has_a_higher_dataset_delta_p_than_normal_answers() {
     )
     .unwrap();
     let data = [
-        Dataset::read(&jailbroken, Some(40)).unwrap(),
-        Dataset::read(&repo("datasets/evil/normal.jsonl"), Some(40)).unwrap(),
+        Dataset::read(&jailbroken, Some(32)).unwrap(),
+        Dataset::read(&repo("datasets/evil/normal.jsonl"), Some(32)).unwrap(),
     ];
     let cfg = ScreenConfig {
-        cache: Some(repo("target/screen-test-cache")),
+        cache: None,
         ..ScreenConfig::default()
     };
     let t = std::time::Instant::now();

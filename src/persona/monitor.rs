@@ -161,7 +161,7 @@ pub fn last_token_projections(
             d.layer,
             out.hidden_states.len()
         );
-        if !rows_at.contains_key(&d.layer) {
+        if let std::collections::btree_map::Entry::Vacant(e) = rows_at.entry(d.layer) {
             let h = &out.hidden_states[d.layer];
             let [_, t, hidden] = h.dims();
             let last: Vec<f32> = h
@@ -170,7 +170,7 @@ pub fn last_token_projections(
                 .into_data()
                 .convert::<f32>()
                 .try_into_vec()?;
-            rows_at.insert(d.layer, last);
+            e.insert(last);
         }
     }
     for d in directions {

@@ -15,7 +15,8 @@
 //! position that produces the first reply token).
 //!
 //! Base answers are stored under [`cache_dir`] (one JSONL file per model and generation
-//! settings, one line per prompt), so a re-run or re-ranking generates nothing it has seen.
+//! settings, one line per prompt), and so are the projections (one line per sequence and
+//! direction), so a re-run, re-ranking or re-filtering generates and measures nothing it has seen.
 
 use crate::cli::ModelArgs;
 use crate::generate::{generate, Sampling};
@@ -69,10 +70,13 @@ pub struct ScreenArgs {
     /// Only the proxy (response minus last-prompt-token projection): no generation, fast.
     #[arg(long)]
     no_generate: bool,
-    /// Where base answers are cached; default `$PERSONA_TRAIN_CACHE/screen`
+    /// Where base answers and projections are cached; default `$PERSONA_TRAIN_CACHE/screen`
     /// (`~/.cache/persona-train/screen`).
     #[arg(long)]
     cache: Option<PathBuf>,
+    /// Neither read nor write the cache (everything is generated and measured again).
+    #[arg(long, conflicts_with = "cache")]
+    no_cache: bool,
     /// Drop the K highest-scoring samples.
     #[arg(long)]
     drop_top: Option<usize>,
@@ -343,6 +347,9 @@ pub struct Screened {
     pub generated: usize,
     /// Distinct prompts whose answers came from the cache.
     pub cached: usize,
+    /// Sequences (dataset chats and base answers) run through the model in this run; the others'
+    /// projections came from the cache.
+    pub forward: usize,
 }
 
 /// Scores every sample of every dataset on `direction` (see the module docs). Prompts shared by
@@ -462,7 +469,17 @@ pub fn score_directions(
             );
         }
     }
-    let projections = measure(m, &seqs, directions, cfg.batch_size)?;
+    let mut projection_cache = match &cfg.cache {
+        Some(dir) => Some(ProjectionCache::open(dir, m)?),
+        None => None,
+    };
+    let (projections, forward) = measure(
+        m,
+        &seqs,
+        directions,
+        cfg.batch_size,
+        projection_cache.as_mut(),
+    )?;
 
     let mut base_answers: HashMap<&[u32], String> = HashMap::new();
     for (p, a) in &answers {
@@ -496,32 +513,156 @@ pub fn score_directions(
             scores,
             generated,
             cached,
+            forward,
         }
     });
     Ok(per_direction.collect())
 }
 
-/// [`span_projections`] in batches of similar length, with a progress bar; `[seq][direction]`.
+/// [`span_projections`] in batches of similar length, with a progress bar, skipping what the
+/// cache holds; `[seq][direction]` and how many sequences went through the model.
 fn measure(
     m: &LoadedModel,
     seqs: &[Teacher],
     directions: &[TraitDirection],
     batch_size: usize,
-) -> Result<Vec<Vec<SpanProjections>>> {
-    let mut order: Vec<usize> = (0..seqs.len()).collect();
-    order.sort_by_key(|&i| seqs[i].ids.len());
+    mut cache: Option<&mut ProjectionCache>,
+) -> Result<(Vec<Vec<SpanProjections>>, usize)> {
     let mut out = vec![Vec::new(); seqs.len()];
-    let bar = progress(seqs.len() as u64, "projections");
-    for chunk in order.chunks(batch_size) {
+    let mut todo = Vec::new();
+    for (i, s) in seqs.iter().enumerate() {
+        match cache.as_ref().and_then(|c| c.get(s, directions)) {
+            Some(p) => out[i] = p,
+            None => todo.push(i),
+        }
+    }
+    todo.sort_by_key(|&i| seqs[i].ids.len());
+    let bar = progress(todo.len() as u64, "projections");
+    for chunk in todo.chunks(batch_size) {
         let batch: Vec<Teacher> = chunk.iter().map(|&i| seqs[i].clone()).collect();
         let p = span_projections(&m.model, None, &batch, directions)?;
         for (&i, row) in chunk.iter().zip(p) {
+            if let Some(c) = cache.as_mut() {
+                c.put(&seqs[i], directions, &row)?;
+            }
             out[i] = row;
         }
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    Ok(out)
+    Ok((out, todo.len()))
+}
+
+/// Projections on disk: `DIR/KEY.projections.jsonl`, KEY a hash of the model's identity, one
+/// `{"key": sha256 of (direction, sequence, span), "response_avg": .., "prompt_last": ..}` line per
+/// sequence and direction, so re-ranking, re-filtering or re-plotting runs no forward pass.
+pub struct ProjectionCache {
+    pub path: PathBuf,
+    model: String,
+    entries: HashMap<String, SpanProjections>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CachedProjection {
+    key: String,
+    response_avg: f32,
+    prompt_last: f32,
+}
+
+impl ProjectionCache {
+    pub fn open(dir: &Path, m: &LoadedModel) -> Result<Self> {
+        let model = format!(
+            "{:?} {:?}",
+            model_identity(&m.files)?,
+            m.model.model.embed_tokens.weight.val().dtype()
+        );
+        let key = &hex(&sha2::Sha256::digest(model.as_bytes()))[..16];
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create cache directory {}", dir.display()))?;
+        let path = dir.join(format!("{key}.projections.jsonl"));
+        let mut entries = HashMap::new();
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            for line in text.lines() {
+                if let Ok(c) = serde_json::from_str::<CachedProjection>(line) {
+                    let p = SpanProjections {
+                        response_avg: c.response_avg,
+                        prompt_last: c.prompt_last,
+                    };
+                    entries.insert(c.key, p);
+                }
+            }
+        }
+        Ok(Self {
+            path,
+            model,
+            entries,
+        })
+    }
+
+    fn key(&self, seq: &Teacher, d: &TraitDirection) -> String {
+        let mut h = sha2::Sha256::new();
+        h.update(self.model.as_bytes());
+        h.update((d.layer as u64).to_le_bytes());
+        d.unit.iter().for_each(|x| h.update(x.to_le_bytes()));
+        for x in [seq.response.start, seq.response.end, seq.ids.len()] {
+            h.update((x as u64).to_le_bytes());
+        }
+        seq.ids.iter().for_each(|id| h.update(id.to_le_bytes()));
+        hex(&h.finalize())
+    }
+
+    /// Every direction's projections of `seq`, when all are cached.
+    pub fn get(
+        &self,
+        seq: &Teacher,
+        directions: &[TraitDirection],
+    ) -> Option<Vec<SpanProjections>> {
+        directions
+            .iter()
+            .map(|d| self.entries.get(&self.key(seq, d)).copied())
+            .collect()
+    }
+
+    pub fn put(
+        &mut self,
+        seq: &Teacher,
+        directions: &[TraitDirection],
+        projections: &[SpanProjections],
+    ) -> Result<()> {
+        let mut text = String::new();
+        for (d, p) in directions.iter().zip(projections) {
+            let key = self.key(seq, d);
+            text += &serde_json::to_string(&CachedProjection {
+                key: key.clone(),
+                response_avg: p.response_avg,
+                prompt_last: p.prompt_last,
+            })?;
+            text.push('\n');
+            self.entries.insert(key, *p);
+        }
+        append_lines(&self.path, &text)
+    }
+}
+
+fn last_byte(path: &Path) -> Option<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    f.seek(SeekFrom::End(-1)).ok()?;
+    let mut b = [0u8];
+    f.read_exact(&mut b).ok()?;
+    Some(b[0])
+}
+
+/// Appends whole lines to a cache file, starting a new line when a crash left the last one cut.
+fn append_lines(path: &Path, text: &str) -> Result<()> {
+    let torn = last_byte(path).is_some_and(|c| c != b'\n');
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    write!(f, "{}{text}", if torn { "\n" } else { "" })
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Base answers on disk: `DIR/KEY.jsonl`, KEY a hash of the model's identity and the generation
@@ -593,18 +734,7 @@ impl AnswerCache {
             prompt: prompt_key(prompt),
             answer: answer.to_vec(),
         };
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .with_context(|| format!("cannot open {}", self.path.display()))?;
-        // A line cut by an earlier crash must not swallow this one.
-        let torn = std::fs::read(&self.path)
-            .ok()
-            .is_some_and(|b| b.last().is_some_and(|&c| c != b'\n'));
-        let line = serde_json::to_string(&entry)?;
-        writeln!(f, "{}{line}", if torn { "\n" } else { "" })
-            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        append_lines(&self.path, &(serde_json::to_string(&entry)? + "\n"))?;
         self.answers.insert(entry.prompt, entry.answer);
         Ok(())
     }
@@ -851,16 +981,17 @@ pub fn run(a: ScreenArgs) -> Result<()> {
         batch_size: a.batch_size,
         generate: !a.no_generate,
         max_response_tokens: a.max_response_tokens,
-        cache: Some(a.cache.clone().unwrap_or_else(cache_dir)),
+        cache: (!a.no_cache).then(|| a.cache.clone().unwrap_or_else(cache_dir)),
     };
     let t = std::time::Instant::now();
     let screened = score(&m, &direction, &datasets, &cfg)?;
     eprintln!(
-        "scored {} samples in {:.1} s ({} base answers generated, {} from the cache)",
+        "scored {} samples in {:.1} s ({} base answers generated, {} from the cache; {} sequences measured, the others' projections cached)",
         screened.scores.iter().map(Vec::len).sum::<usize>(),
         t.elapsed().as_secs_f32(),
         screened.generated,
-        screened.cached
+        screened.cached,
+        screened.forward,
     );
 
     let filtering = a.drop_top.is_some() || a.threshold.is_some();
