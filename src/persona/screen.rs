@@ -1051,7 +1051,10 @@ pub fn run(a: ScreenArgs) -> Result<()> {
         "proxy (response − last prompt token)"
     };
     crate::plot::Histogram {
-        title: format!("{} {what}, layer {}", direction.trait_name, direction.layer),
+        title: format!(
+            "{} {what}, layer {} (dashed: dataset means)",
+            direction.trait_name, direction.layer
+        ),
         x_label: format!("{what} on the {} direction", direction.trait_name),
         series: datasets
             .iter()
