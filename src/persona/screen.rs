@@ -77,10 +77,10 @@ pub struct ScreenArgs {
     /// Neither read nor write the cache (everything is generated and measured again).
     #[arg(long, conflicts_with = "cache")]
     no_cache: bool,
-    /// Drop the K highest-scoring samples.
+    /// Drop the K highest-scoring samples (by ΔP; by the proxy with --no-generate).
     #[arg(long)]
     drop_top: Option<usize>,
-    /// Drop samples scoring above T.
+    /// Drop samples scoring above T (ΔP; the proxy with --no-generate).
     #[arg(long, allow_negative_numbers = true)]
     threshold: Option<f32>,
     /// Write the kept lines (unchanged, in their original order) of the one --data file here.
