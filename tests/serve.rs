@@ -343,6 +343,34 @@ fn monitoring_warns_and_refuses() {
     assert!(p["evil"]["threshold"].is_null());
     assert!(p["evil"]["projection"].as_f64().unwrap().is_finite());
     assert!(!reply.content().is_empty(), "warn still answers");
+    // The reading is `monitor`'s last-prompt-token projection of the same chat (checked against
+    // transformers in tests/screen.rs).
+    let lm = persona_train::loader::load(
+        &persona_train::source::resolve(persona_train::source::DEFAULT_MODEL).unwrap(),
+        &Device::flex(),
+        DType::F32,
+    )
+    .unwrap();
+    let ids = lm
+        .tokenizer
+        .encode_chat(&[ChatMessage::new("user", "Hello there.")], true)
+        .unwrap()
+        .ids;
+    let evil = persona_train::persona::vector::TraitDirection::load(
+        &repo(EVIL),
+        "response_avg",
+        None,
+        lm.model.config(),
+    )
+    .unwrap();
+    let want =
+        persona_train::persona::monitor::last_token_projections(&lm.model, None, &[ids], &[evil])
+            .unwrap()[0][0];
+    let got = p["evil"]["projection"].as_f64().unwrap() as f32;
+    assert!(
+        (got - want).abs() < 1e-3 * want.abs().max(1.0),
+        "{got} vs {want}"
+    );
     // A request's own steering (here below the monitored layer, on the last prompt token) does
     // not move its reading: the monitor sees the prompt as the unsteered model does.
     let dodging = chat(s, steered("Hello there.", 4, "evil", 10, -8.0)).json();

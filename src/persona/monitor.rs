@@ -19,7 +19,10 @@ use crate::model::{CausalLm, ForwardInput, LogitsFor};
 use crate::persona::vector::TraitDirection;
 use crate::tokenizer::ChatMessage;
 use anyhow::{bail, ensure, Context, Result};
+use burn::tensor::Tensor;
 use serde::Serialize;
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
@@ -149,20 +152,29 @@ pub fn last_token_projections(
         LogitsFor::None,
         true,
     );
-    let b = prompts.len();
+    last_column_projections(&out.hidden_states, directions)
+}
+
+/// Projection of every row's last column on every direction, from a forward pass's hidden states
+/// (under left padding, each row's last prompt token). Returns `[row][direction]`.
+pub fn last_column_projections(
+    hidden_states: &[Tensor<3>],
+    directions: &[TraitDirection],
+) -> Result<Vec<Vec<f32>>> {
+    let b = hidden_states.first().map_or(0, |h| h.dims()[0]);
     let mut result = vec![Vec::with_capacity(directions.len()); b];
     // Each distinct layer's last column is read once.
-    let mut rows_at: std::collections::BTreeMap<usize, Vec<f32>> = Default::default();
+    let mut rows_at: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
     for d in directions {
         ensure!(
-            d.layer < out.hidden_states.len(),
+            d.layer < hidden_states.len(),
             "{}: layer {} is out of range (the model returns {} hidden states)",
             d.trait_name,
             d.layer,
-            out.hidden_states.len()
+            hidden_states.len()
         );
-        if let std::collections::btree_map::Entry::Vacant(e) = rows_at.entry(d.layer) {
-            let h = &out.hidden_states[d.layer];
+        if let Entry::Vacant(e) = rows_at.entry(d.layer) {
+            let h = &hidden_states[d.layer];
             let [_, t, hidden] = h.dims();
             let last: Vec<f32> = h
                 .clone()

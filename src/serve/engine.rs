@@ -10,6 +10,7 @@
 use crate::generate::{sample, Sampling};
 use crate::lora::Adapters;
 use crate::model::{CausalLm, ForwardInput, KvCache, LogitsFor};
+use crate::persona::monitor::last_column_projections;
 use crate::persona::vector::TraitDirection;
 use crate::steering::{Positions, Steering};
 use crate::tokenizer::Tokenizer;
@@ -239,7 +240,7 @@ impl Engine {
         // steer its own reading below a refusal threshold. Steered batches pay a second prefill.
         let readings = match (&intervention, self.monitors.is_empty()) {
             (_, true) => Vec::new(),
-            (None, false) => self.readings(&out.hidden_states, b, width)?,
+            (None, false) => self.readings(&out.hidden_states)?,
             (Some(_), false) => {
                 let unsteered = self.model.forward(
                     &input,
@@ -249,7 +250,7 @@ impl Engine {
                     LogitsFor::None,
                     true,
                 );
-                self.readings(&unsteered.hidden_states, b, width)?
+                self.readings(&unsteered.hidden_states)?
             }
         };
 
@@ -467,33 +468,29 @@ impl Engine {
         }
     }
 
-    /// Projections at the last prompt token (the last column, under left padding), per trait
-    /// then per row.
-    fn readings(&self, hidden: &[Tensor<3>], b: usize, width: usize) -> Result<Vec<Vec<Reading>>> {
-        let h = self.model.config().hidden_size;
-        self.monitors
+    /// Each trait's reading of every row at its last prompt token (the last column, under left
+    /// padding), per trait then per row.
+    fn readings(&self, hidden: &[Tensor<3>]) -> Result<Vec<Vec<Reading>>> {
+        let directions: Vec<TraitDirection> =
+            self.monitors.iter().map(|m| m.direction.clone()).collect();
+        let projections = last_column_projections(hidden, &directions)?;
+        Ok(self
+            .monitors
             .iter()
-            .map(|m| {
-                let d = &m.direction;
-                let last = hidden[d.layer]
-                    .clone()
-                    .slice([0..b, width - 1..width, 0..h]);
-                let last: Vec<f32> = last.into_data().convert::<f32>().try_into_vec()?;
-                Ok(last
-                    .chunks(h)
-                    .map(|state| {
-                        let projection = d.project(state);
-                        Reading {
-                            trait_name: d.trait_name.clone(),
-                            layer: d.layer,
-                            projection,
-                            threshold: m.threshold,
-                            alert: m.threshold.is_some_and(|t| projection > t),
-                        }
+            .enumerate()
+            .map(|(k, m)| {
+                projections
+                    .iter()
+                    .map(|row| Reading {
+                        trait_name: m.direction.trait_name.clone(),
+                        layer: m.direction.layer,
+                        projection: row[k],
+                        threshold: m.threshold,
+                        alert: m.threshold.is_some_and(|t| row[k] > t),
                     })
-                    .collect())
+                    .collect()
             })
-            .collect()
+            .collect())
     }
 
     fn pad_id(&self) -> u32 {
