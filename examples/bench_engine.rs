@@ -59,7 +59,16 @@ fn main() -> anyhow::Result<()> {
             ..Sampling::default()
         };
         let t = Instant::now();
-        let out = generate(&m.model, None, &[prompt.clone()], &[], 0, &sampling, None).unwrap();
+        let out = generate(
+            &m.model,
+            None,
+            std::slice::from_ref(&prompt),
+            &[],
+            0,
+            &sampling,
+            None,
+        )
+        .unwrap();
         assert_eq!(out[0].len(), new);
         t.elapsed().as_secs_f64()
     };

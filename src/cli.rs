@@ -659,7 +659,7 @@ fn run_forward(a: ForwardArgs) -> Result<()> {
         None => None,
     };
     let out = m.model.forward(
-        &ForwardInput::dense(&[ids.clone()], 0, &m.model.device()),
+        &ForwardInput::dense(std::slice::from_ref(&ids), 0, &m.model.device()),
         None,
         adapters.as_ref(),
         None,

@@ -169,7 +169,7 @@ pub fn split_held_out(
         k
     };
     let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x5eed_0f_d47a));
+    order.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x5e_ed0f_d47a));
     let held: std::collections::BTreeSet<usize> = order[..k].iter().copied().collect();
     let mut train = Vec::with_capacity(n - k);
     let mut val = Vec::with_capacity(k);

@@ -51,6 +51,7 @@ pub fn generate(
 
 /// As [`generate`], with one seed per row, so a prompt's sample depends only on its own seed and
 /// not on which other prompts share its batch (`sampling.seed` is ignored).
+#[allow(clippy::too_many_arguments)]
 pub fn generate_seeded(
     model: &CausalLm,
     adapters: Option<&Adapters>,

@@ -450,17 +450,6 @@ fn peft_config(text: &str) -> Result<LoraConfig> {
     Ok(config)
 }
 
-/// Every matrix of `adapters` as host vectors keyed by PEFT name, `A`/`B` in our orientation
-/// (`[in, r]`, `[r, out]`): what the trainer saves as optimizer state.
-pub fn named_tensors(adapters: &Adapters) -> Result<BTreeMap<String, (Vec<f32>, [usize; 2])>> {
-    let mut out = BTreeMap::new();
-    for (i, t, p) in adapters.iter() {
-        out.insert(t.peft_key(i, "lora_A"), (host(&p.a)?, p.a.dims()));
-        out.insert(t.peft_key(i, "lora_B"), (host(&p.b)?, p.b.dims()));
-    }
-    Ok(out)
-}
-
 pub(crate) fn host(t: &Tensor<2>) -> Result<Vec<f32>> {
     t.clone()
         .into_data()

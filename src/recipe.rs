@@ -8,7 +8,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Recipe {
     /// Run name: outputs go to `<checkpoint.dir>/<name>/`. Default: the recipe file's stem.
@@ -22,23 +22,6 @@ pub struct Recipe {
     pub logging: LoggingConfig,
     pub checkpoint: CheckpointConfig,
     pub eval: EvalConfig,
-}
-
-impl Default for Recipe {
-    fn default() -> Self {
-        Self {
-            name: String::new(),
-            model: ModelSection::default(),
-            data: DataConfig::default(),
-            lora: LoraConfig::default(),
-            optim: OptimConfig::default(),
-            steering: SteeringConfig::default(),
-            monitor: MonitorConfig::default(),
-            logging: LoggingConfig::default(),
-            checkpoint: CheckpointConfig::default(),
-            eval: EvalConfig::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -155,7 +155,7 @@ fn kv_cache_equals_full_forward() {
     let full = to_vec(
         model
             .forward(
-                &ForwardInput::dense(&[ids.clone()], 0, &device),
+                &ForwardInput::dense(std::slice::from_ref(&ids), 0, &device),
                 None,
                 None,
                 None,

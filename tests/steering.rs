@@ -113,7 +113,7 @@ fn steered_generation_with_cache_equals_without() {
             let cached = generate(
                 &model,
                 None,
-                &[prompt.clone()],
+                std::slice::from_ref(&prompt),
                 &[],
                 0,
                 &sampling,
@@ -153,7 +153,7 @@ fn steered_generation_with_cache_equals_without() {
     let plain = generate(
         &model,
         None,
-        &[prompt.clone()],
+        std::slice::from_ref(&prompt),
         &[],
         0,
         &Sampling {

@@ -92,18 +92,20 @@ impl ModelConfig {
                 problems.push(format!("{name} must be positive"));
             }
         }
-        if self.num_kv_heads > 0 && self.num_heads % self.num_kv_heads != 0 {
+        if self.num_kv_heads > 0 && !self.num_heads.is_multiple_of(self.num_kv_heads) {
             problems.push(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 self.num_heads, self.num_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             problems.push(format!(
                 "head_dim ({}) must be even for rotary embeddings",
                 self.head_dim
             ));
         }
+        // Written so that NaN fails too.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
         if !(self.rope_theta > 0.0) {
             problems.push(format!("rope_theta ({}) must be positive", self.rope_theta));
         }
@@ -233,11 +235,9 @@ impl ModelConfig {
             num_layers: raw.num_hidden_layers,
             num_heads,
             num_kv_heads: raw.num_key_value_heads.unwrap_or(num_heads),
-            head_dim: raw.head_dim.unwrap_or(if num_heads == 0 {
-                0
-            } else {
-                raw.hidden_size / num_heads
-            }),
+            head_dim: raw
+                .head_dim
+                .unwrap_or(raw.hidden_size.checked_div(num_heads).unwrap_or(0)),
             rope_theta,
             rope_scaling,
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),

@@ -60,6 +60,7 @@ pub struct Attention {
 impl Attention {
     /// # Shapes
     /// - x: `[batch, seq, hidden]`; mask: `[batch, heads, seq, cached + seq]`, true = masked out
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: Tensor<3>,
@@ -341,7 +342,7 @@ fn attention_mask(
         for i in 0..t {
             let q = past + i;
             for j in 0..total {
-                let visible = j == q || (j < q && keep.map_or(true, |k| k[j]));
+                let visible = j == q || (j < q && keep.is_none_or(|k| k[j]));
                 data.push(!visible);
             }
         }
