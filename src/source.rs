@@ -39,6 +39,26 @@ impl ModelFiles {
             Self::Gguf(path) | Self::HfDir(path) => path,
         }
     }
+
+    /// The files that decide the weights: the GGUF file, or a directory's `config.json` and
+    /// safetensors files, in name order (what identifies a model in vector metadata and caches).
+    pub fn weight_files(&self) -> Result<Vec<PathBuf>> {
+        Ok(match self {
+            Self::Gguf(p) => vec![p.clone()],
+            Self::HfDir(dir) => {
+                let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+                    .with_context(|| format!("cannot list {}", dir.display()))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.file_name().is_some_and(|n| n == "config.json")
+                            || p.extension().is_some_and(|e| e == "safetensors")
+                    })
+                    .collect();
+                paths.sort();
+                paths
+            }
+        })
+    }
 }
 
 /// Resolves a model source (see the module docs for the forms) to the files to load.

@@ -449,21 +449,7 @@ fn read_rollouts(path: &Path) -> Result<Vec<Rollout>> {
 /// order, so a vector records exactly which weights it was measured on.
 fn model_sha256(files: &crate::source::ModelFiles) -> Result<String> {
     use sha2::Digest;
-    let paths = match files {
-        crate::source::ModelFiles::Gguf(p) => vec![p.clone()],
-        crate::source::ModelFiles::HfDir(dir) => {
-            let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-                .with_context(|| format!("cannot list {}", dir.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.file_name().is_some_and(|n| n == "config.json")
-                        || p.extension().is_some_and(|e| e == "safetensors")
-                })
-                .collect();
-            paths.sort();
-            paths
-        }
-    };
+    let paths = files.weight_files()?;
     let mut hasher = sha2::Sha256::new();
     for path in paths {
         let mut file = std::fs::File::open(&path)

@@ -219,21 +219,7 @@ fn hex(bytes: &[u8]) -> String {
 /// Which weights answered: the files' absolute paths, sizes and modification times (cheap, and a
 /// replaced file changes it).
 fn model_identity(files: &ModelFiles) -> Result<Vec<String>> {
-    let paths = match files {
-        ModelFiles::Gguf(p) => vec![p.clone()],
-        ModelFiles::HfDir(dir) => {
-            let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-                .with_context(|| format!("cannot list {}", dir.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.file_name().is_some_and(|n| n == "config.json")
-                        || p.extension().is_some_and(|e| e == "safetensors")
-                })
-                .collect();
-            paths.sort();
-            paths
-        }
-    };
+    let paths = files.weight_files()?;
     paths
         .iter()
         .map(|p| {
