@@ -101,12 +101,6 @@ pub struct TokenLogprob {
     pub top: Vec<(String, f32, Vec<u8>)>,
 }
 
-/// A persona vector the engine projects every prompt on.
-pub struct Monitor {
-    pub direction: TraitDirection,
-    pub threshold: Option<f32>,
-}
-
 /// Counters the engine keeps for `GET /health`.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -123,7 +117,10 @@ pub struct Engine {
     pub model: CausalLm,
     pub adapters: Option<Adapters>,
     pub tokenizer: Arc<Tokenizer>,
-    pub monitors: Vec<Monitor>,
+    /// The persona vectors every prompt is projected on.
+    pub monitors: Vec<TraitDirection>,
+    /// Each monitor's alert threshold.
+    pub thresholds: Vec<Option<f32>>,
     /// Refuse (rather than only report) prompts that cross a threshold.
     pub refuse_on_alert: bool,
     pub max_batch: usize,
@@ -471,22 +468,21 @@ impl Engine {
     /// Each trait's reading of every row at its last prompt token (the last column, under left
     /// padding), per trait then per row.
     fn readings(&self, hidden: &[Tensor<3>]) -> Result<Vec<Vec<Reading>>> {
-        let directions: Vec<TraitDirection> =
-            self.monitors.iter().map(|m| m.direction.clone()).collect();
-        let projections = last_column_projections(hidden, &directions)?;
+        let projections = last_column_projections(hidden, &self.monitors)?;
         Ok(self
             .monitors
             .iter()
+            .zip(&self.thresholds)
             .enumerate()
-            .map(|(k, m)| {
+            .map(|(k, (d, &threshold))| {
                 projections
                     .iter()
                     .map(|row| Reading {
-                        trait_name: m.direction.trait_name.clone(),
-                        layer: m.direction.layer,
+                        trait_name: d.trait_name.clone(),
+                        layer: d.layer,
                         projection: row[k],
-                        threshold: m.threshold,
-                        alert: m.threshold.is_some_and(|t| row[k] > t),
+                        threshold,
+                        alert: threshold.is_some_and(|t| row[k] > t),
                     })
                     .collect()
             })

@@ -13,7 +13,7 @@ pub mod http;
 use crate::loader::LoadedModel;
 use crate::persona::vector::TraitDirection;
 use anyhow::{bail, ensure, Context, Result};
-use engine::{Engine, Monitor};
+use engine::Engine;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -197,13 +197,6 @@ pub fn start(lm: LoadedModel, config: ServeConfig) -> Result<Server> {
     let addr = listener.local_addr()?;
 
     let tokenizer = Arc::new(lm.tokenizer);
-    let monitors = directions
-        .iter()
-        .map(|d| Monitor {
-            direction: d.clone(),
-            threshold: thresholds.get(&d.trait_name),
-        })
-        .collect();
     let (jobs_tx, jobs_rx) = std::sync::mpsc::channel();
     let stats = Arc::new(engine::Stats::default());
     let engine = Engine {
@@ -211,7 +204,11 @@ pub fn start(lm: LoadedModel, config: ServeConfig) -> Result<Server> {
         model: lm.model,
         adapters,
         tokenizer: tokenizer.clone(),
-        monitors,
+        thresholds: directions
+            .iter()
+            .map(|d| thresholds.get(&d.trait_name))
+            .collect(),
+        monitors: directions.clone(),
         refuse_on_alert: config.on_alert == OnAlert::Refuse,
         max_batch: config.max_batch,
     };
