@@ -89,6 +89,13 @@ fn post_raw(s: &Server, path: &str, body: &str) -> Reply {
     }
 }
 
+/// A GET that must answer 200 with JSON.
+fn get_json(url: &str) -> Value {
+    let mut r = agent().get(url).call().unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{url}");
+    serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+}
+
 fn chat(s: &Server, body: Value) -> Reply {
     post_raw(s, "/v1/chat/completions", &body.to_string())
 }
@@ -206,16 +213,7 @@ fn concurrent_requests_equal_their_sequential_replies() {
     let mut concurrent = vec![long.join().unwrap()];
     concurrent.extend(handles.into_iter().map(|h| h.join().unwrap()));
     assert_eq!(concurrent, sequential);
-    let health: Value = serde_json::from_str(
-        &agent()
-            .get(&format!("http://{}/health", s.addr()))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap(),
-    )
-    .unwrap();
+    let health = get_json(&format!("http://{}/health", s.addr()));
     assert!(health["peak_batch"].as_u64().unwrap() >= 2, "{health}");
 }
 
@@ -505,16 +503,7 @@ fn malformed_requests_get_openai_errors_and_the_server_goes_on() {
     assert!(body["error"]["message"].is_string());
 
     assert!(!chat(s, ok).content().is_empty(), "still serving");
-    let models: Value = serde_json::from_str(
-        &agent()
-            .get(&format!("{}/models", s.base_url()))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap(),
-    )
-    .unwrap();
+    let models = get_json(&format!("{}/models", s.base_url()));
     assert_eq!(models["data"][0]["id"], "SmolLM2-135M-Instruct.Q4_1");
 }
 
@@ -679,8 +668,7 @@ fn the_serve_command_listens_where_it_says() {
         }
     };
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
-    let mut r = agent().get(&format!("{base}/models")).call().unwrap();
-    let models: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    let models = get_json(&format!("{base}/models"));
     assert_eq!(models["data"][0]["id"], "SmolLM2-135M-Instruct.Q4_1");
     let mut r = agent()
         .post(&format!("{base}/chat/completions"))
