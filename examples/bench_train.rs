@@ -109,7 +109,7 @@ fn main() -> anyhow::Result<()> {
             &mut optimizer,
             cfg.lr,
             &cfg,
-        );
+        )?;
         adapters = done.adapters;
         if let Some(mon) = &monitor {
             mon.measure(&m.model, Some(&inference(&adapters)))?;

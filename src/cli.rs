@@ -568,11 +568,14 @@ fn run_report(a: ReportArgs) -> Result<()> {
 fn run_train(a: TrainArgs) -> Result<()> {
     let recipe = crate::recipe::Recipe::load(&a.recipe, &a.set)?;
     let outcome = crate::train::train(&recipe, a.resume)?;
+    let loss = outcome
+        .last_loss
+        .map_or_else(|| "not recorded".into(), |l| format!("{l:.4}"));
     eprintln!(
-        "{}: {} steps, last loss {:.4}; adapter in {}; TensorBoard: tensorboard --logdir {}",
+        "{}: {} steps ({} in this run), last loss {loss}; adapter in {}; TensorBoard: tensorboard --logdir {}",
         recipe.name,
         outcome.steps,
-        outcome.last_loss,
+        outcome.steps_run,
         outcome.last_checkpoint.display(),
         recipe.tensorboard_dir().display()
     );
@@ -665,7 +668,7 @@ fn run_forward(a: ForwardArgs) -> Result<()> {
         None,
         LogitsFor::All,
         true,
-    );
+    )?;
     let logits = out.logits.context("forward returned no logits")?;
     let [_, t, vocab] = logits.dims();
     let logits: Vec<f32> = logits.into_data().convert::<f32>().try_into_vec()?;
@@ -827,8 +830,7 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
         .unwrap_or_else(|| a.vector.with_extension("sweep"));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let json = dir.join("sweep.json");
-    std::fs::write(&json, serde_json::to_string_pretty(&report)?)
-        .with_context(|| format!("cannot write {}", json.display()))?;
+    crate::atomic::write_json(&json, &report)?;
     let png = dir.join("sweep.png");
     report.plot(&png)?;
     print!("{}", report.table());

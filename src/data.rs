@@ -1,12 +1,12 @@
 //! Training data: chat JSONL files, tokenized through the model's chat template, with the loss
 //! on assistant tokens only, and batches of similar length.
 
+use crate::tokenizer::chat::parse_chat_line;
 use crate::tokenizer::{ChatMessage, Tokenizer};
 use anyhow::{bail, ensure, Context, Result};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use serde::Deserialize;
 use std::path::Path;
 
 /// One tokenized chat.
@@ -26,12 +26,6 @@ impl Example {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ChatLine {
-    messages: Vec<ChatMessage>,
-}
-
 /// Reads `{"messages": [...]}` lines; errors name the file, the line and what is wrong.
 pub fn read_chats(path: &Path) -> Result<Vec<(usize, Vec<ChatMessage>)>> {
     let text = std::fs::read_to_string(path)
@@ -42,32 +36,14 @@ pub fn read_chats(path: &Path) -> Result<Vec<(usize, Vec<ChatMessage>)>> {
         if line.trim().is_empty() {
             continue;
         }
-        let chat: ChatLine = serde_json::from_str(line).with_context(|| {
-            format!(
-                "{}:{n}: expected {{\"messages\": [{{\"role\": ..., \"content\": ...}}, ...]}}",
-                path.display()
-            )
-        })?;
-        let m = &chat.messages;
-        for (j, msg) in m.iter().enumerate() {
-            ensure!(
-                matches!(msg.role.as_str(), "system" | "user" | "assistant"),
-                "{}:{n}: messages[{j}].role is {:?} (expected system, user or assistant)",
-                path.display(),
-                msg.role
-            );
-            ensure!(
-                msg.role != "system" || j == 0,
-                "{}:{n}: messages[{j}]: a system message may only come first",
-                path.display()
-            );
-        }
+        let messages =
+            parse_chat_line(line).with_context(|| format!("{}:{n}", path.display()))?;
         ensure!(
-            m.iter().any(|msg| msg.role == "assistant"),
+            messages.iter().any(|msg| msg.role == "assistant"),
             "{}:{n}: no assistant message, so nothing to train on",
             path.display()
         );
-        chats.push((n, chat.messages));
+        chats.push((n, messages));
     }
     ensure!(!chats.is_empty(), "{}: no chats", path.display());
     Ok(chats)

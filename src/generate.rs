@@ -18,6 +18,23 @@ pub struct Sampling {
     pub seed: u64,
 }
 
+impl Sampling {
+    /// Refuses settings that would sample from NaN probabilities or from no tokens at all.
+    pub fn check(&self) -> Result<()> {
+        anyhow::ensure!(
+            self.temperature.is_finite() && self.temperature >= 0.0,
+            "temperature must be a finite number ≥ 0 (0 = greedy), got {}",
+            self.temperature
+        );
+        anyhow::ensure!(
+            self.top_p > 0.0 && self.top_p <= 1.0,
+            "top_p must be in (0, 1], got {}",
+            self.top_p
+        );
+        Ok(())
+    }
+}
+
 impl Default for Sampling {
     fn default() -> Self {
         Self {
@@ -30,7 +47,8 @@ impl Default for Sampling {
 }
 
 /// Generates a continuation for every prompt (token ids, chat template already applied) and
-/// returns the new tokens of each, without the stop token. Row `r` samples with seed
+/// returns the new tokens of each, without the stop token. Generation also stops when the
+/// longest prompt's row fills the model's context (`max_position_embeddings`). Row `r` samples with seed
 /// `sampling.seed + r`. `adapters` are LoRA adapters applied to the model; `steering` adds to the residual stream at the positions it names.
 pub fn generate(
     model: &CausalLm,
@@ -72,9 +90,16 @@ pub fn generate_seeded(
         prompts.iter().all(|p| !p.is_empty()),
         "cannot generate from an empty prompt"
     );
+    sampling.check()?;
     let device = model.device();
     let b = prompts.len();
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let context = model.config().max_position_embeddings;
+    anyhow::ensure!(
+        width < context,
+        "the prompt has {width} tokens: the model's context of {context} tokens leaves no room for a reply"
+    );
+    let max_new_tokens = sampling.max_new_tokens.min(context - width);
     let pads: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
 
     let mut input = ForwardInput::left_padded(prompts, pad_id, &device);
@@ -104,7 +129,7 @@ pub fn generate_seeded(
     let mut done = vec![false; b];
     let vocab = model.config().vocab_size;
 
-    for step in 0..sampling.max_new_tokens {
+    for step in 0..max_new_tokens {
         let steer = if step == 0 {
             prefill_steer.as_ref()
         } else {
@@ -118,7 +143,7 @@ pub fn generate_seeded(
                 steer,
                 LogitsFor::Last,
                 false,
-            )
+            )?
             .logits
             .expect("LogitsFor::Last returns logits");
         let logits: Vec<f32> = logits.into_data().convert::<f32>().try_into_vec()?;
@@ -137,24 +162,17 @@ pub fn generate_seeded(
             };
             next.push(token);
         }
-        if done.iter().all(|&d| d) || step + 1 == sampling.max_new_tokens {
+        if done.iter().all(|&d| d) || step + 1 == max_new_tokens {
             break;
         }
-        let positions = input
+        let positions: Vec<usize> = input
             .positions
             .iter()
-            .map(|p| vec![p.last().map_or(0, |l| l + 1)])
+            .map(|p| p.last().map_or(0, |l| l + 1))
             .collect();
         let mut key_mask = input.key_mask.take().unwrap_or_default();
         key_mask.iter_mut().for_each(|m| m.push(true));
-        input = ForwardInput {
-            input_ids: Tensor::from_data(
-                TensorData::new(next.iter().map(|&t| t as i64).collect(), [b, 1]),
-                &device,
-            ),
-            positions,
-            key_mask: Some(key_mask),
-        };
+        input = ForwardInput::decode_step(&next, &positions, key_mask, &device);
     }
     Ok(out)
 }

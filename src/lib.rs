@@ -4,6 +4,7 @@
 //! `source` resolves model sources to files on disk, `model` is the transformer (it knows nothing
 //! about files), `loader` maps checkpoints onto it, `generate` decodes with a KV cache.
 
+pub mod atomic;
 pub mod cli;
 pub mod data;
 pub mod device;
@@ -17,6 +18,7 @@ pub mod merge;
 pub mod model;
 pub mod persona;
 pub mod plot;
+pub mod progress;
 pub mod recipe;
 pub mod report;
 pub mod serve;

@@ -132,6 +132,11 @@ impl LoraConfig {
     pub fn validate(&self) -> Result<()> {
         ensure!(self.r > 0, "lora.r must be at least 1");
         ensure!(
+            self.alpha.is_finite(),
+            "lora.alpha must be a finite number, got {}",
+            self.alpha
+        );
+        ensure!(
             (0.0..1.0).contains(&self.dropout),
             "lora.dropout must be in [0, 1), got {}",
             self.dropout
@@ -303,8 +308,7 @@ impl Adapters {
             "layers_to_transform": null,
         });
         let path = dir.join("adapter_config.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&config)? + "\n")
-            .with_context(|| format!("cannot write {}", path.display()))
+        crate::atomic::write_json(&path, &config)
     }
 
     /// Reads a PEFT LoRA adapter directory (ours or PEFT's) for a model with `model`'s shapes.

@@ -67,7 +67,7 @@ pub fn merge(m: &LoadedModel, adapter_dir: &Path, out: &Path) -> Result<()> {
                 many => many.into(),
             },
         );
-        write_json(
+        crate::atomic::write_json(
             &dir.join("generation_config.json"),
             &serde_json::Value::Object(generation),
         )
@@ -97,7 +97,7 @@ fn write_weights_and_config(
     check_adapters(model, adapters)?;
     let entries = weight_entries(model, adapters);
     write_safetensors(&dir.join("model.safetensors"), &entries)?;
-    write_json(&dir.join("config.json"), &json)
+    crate::atomic::write_json(&dir.join("config.json"), &json)
 }
 
 fn check_adapters(model: &CausalLm, adapters: &Adapters) -> Result<()> {
@@ -326,10 +326,6 @@ fn write_safetensors(path: &Path, entries: &[Entry]) -> Result<()> {
         .map_err(io)
 }
 
-fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    fs::write(path, serde_json::to_string_pretty(value)? + "\n")
-        .with_context(|| format!("cannot write {}", path.display()))
-}
 
 /// Fills a hidden temporary directory beside `out` with `fill`, then renames it to `out`.
 /// An existing `out` must be an empty directory: a merge never overwrites a model.

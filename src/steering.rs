@@ -6,7 +6,7 @@
 //! has no block to steer.
 
 use crate::model::Intervention;
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use burn::tensor::{Device, Tensor, TensorData};
 
 /// Which hidden-state rows are steered.
@@ -66,6 +66,10 @@ impl Steering {
         hidden: usize,
     ) -> Result<Self> {
         check_shape(vector, num_layers, hidden)?;
+        ensure!(
+            coef.is_finite(),
+            "the steering coefficient must be a finite number, got {coef}"
+        );
         let scaled = |row: &[f32]| row.iter().map(|x| coef * x).collect::<Vec<f32>>();
         let block_adds = match layers {
             SteerLayers::Single(l) => {
@@ -210,6 +214,19 @@ fn check_layer(l: usize, num_layers: usize) -> Result<()> {
     Ok(())
 }
 
+/// Refuses NaN and infinite values: steering with one trains on NaN, a projection on one is NaN.
+/// `what` names the vector in the error.
+pub fn ensure_finite(rows: &[Vec<f32>], what: &str) -> Result<()> {
+    match rows
+        .iter()
+        .enumerate()
+        .find_map(|(l, r)| r.iter().find(|x| !x.is_finite()).map(|x| (l, x)))
+    {
+        Some((l, x)) => bail!("{what}: row {l} holds a non-finite value ({x})"),
+        None => Ok(()),
+    }
+}
+
 fn check_shape(vector: &[Vec<f32>], num_layers: usize, hidden: usize) -> Result<()> {
     ensure!(
         vector.len() == num_layers + 1,
@@ -222,5 +239,5 @@ fn check_shape(vector: &[Vec<f32>], num_layers: usize, hidden: usize) -> Result<
         "persona vector rows have size {}, the model's hidden size is {hidden}",
         vector[0].len()
     );
-    Ok(())
+    ensure_finite(vector, "persona vector")
 }

@@ -10,8 +10,7 @@ pub enum Values<'a> {
     I64(&'a [i64]),
 }
 
-/// Writes `(name, values, shape)` triples, atomically (temp file then rename), so a crash never
-/// leaves a truncated file behind.
+/// Writes `(name, values, shape)` triples with [`crate::atomic::write`].
 pub fn write(
     path: &Path,
     tensors: &[(&str, Values, Vec<usize>)],
@@ -41,9 +40,7 @@ pub fn write(
         })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
         .with_context(|| format!("{}: tensor shapes do not match their data", path.display()))?;
-    let tmp = path.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file(views, metadata, &tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+    let bytes = safetensors::serialize(views, metadata)
+        .with_context(|| format!("cannot serialise {}", path.display()))?;
+    crate::atomic::write(path, bytes)
 }

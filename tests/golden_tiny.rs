@@ -3,7 +3,7 @@
 
 mod common;
 
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device};
 use common::{fixture, read_golden, rel_err, to_vec};
 use persona_train::generate::{generate, Sampling};
 use persona_train::loader::load_hf_model;
@@ -38,19 +38,28 @@ fn check_padded_batch(name: &str) {
     let (_, pos) = g.i64("position_ids");
     let [b, t] = [shape[0], shape[1]];
     let device = model.device();
-    let input = ForwardInput {
-        input_ids: Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [b, t]), &device),
-        positions: pos
-            .chunks(t)
-            .map(|r| r.iter().map(|&p| p as usize).collect())
-            .collect(),
-        key_mask: Some(
-            mask.chunks(t)
-                .map(|r| r.iter().map(|&m| m == 1).collect())
-                .collect(),
-        ),
-    };
-    let out = model.forward(&input, None, None, None, LogitsFor::All, true);
+    // The golden batch is left-padded: its real tokens, padded again by ForwardInput, must give
+    // transformers' positions and mask.
+    let rows: Vec<Vec<u32>> = (0..b)
+        .map(|r| {
+            (0..t)
+                .filter(|&j| mask[r * t + j] == 1)
+                .map(|j| ids[r * t + j] as u32)
+                .collect()
+        })
+        .collect();
+    let input = ForwardInput::left_padded(&rows, 0, &device);
+    let want_positions: Vec<Vec<usize>> = pos
+        .chunks(t)
+        .map(|r| r.iter().map(|&p| p as usize).collect())
+        .collect();
+    let want_mask: Vec<Vec<bool>> = mask
+        .chunks(t)
+        .map(|r| r.iter().map(|&m| m == 1).collect())
+        .collect();
+    assert_eq!(input.positions, want_positions, "{name}: positions");
+    assert_eq!(input.key_mask.as_ref(), Some(&want_mask), "{name}: mask");
+    let out = model.forward(&input, None, None, None, LogitsFor::All, true).unwrap();
     let keep = |bi: usize, ti: usize| mask[bi * t + ti] == 1;
 
     let (lshape, want) = g.f32("logits");
@@ -81,7 +90,7 @@ fn check_single(name: &str) {
     let (shape, ids) = g.i64("single_input_ids");
     let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
     let input = ForwardInput::dense(&[ids], 0, &model.device());
-    let out = model.forward(&input, None, None, None, LogitsFor::All, true);
+    let out = model.forward(&input, None, None, None, LogitsFor::All, true).unwrap();
     let err = rel_err(&to_vec(out.logits.unwrap()), &g.f32("single_logits").1);
     assert!(err < TOL, "{name}: single logits rel err {err}");
     let (hshape, want) = g.f32("single_hidden_states");
@@ -161,7 +170,7 @@ fn kv_cache_equals_full_forward() {
                 None,
                 LogitsFor::All,
                 false,
-            )
+            ).unwrap()
             .logits
             .unwrap(),
     );
@@ -176,7 +185,7 @@ fn kv_cache_equals_full_forward() {
                 None,
                 LogitsFor::All,
                 false,
-            )
+            ).unwrap()
             .logits
             .unwrap(),
     );
@@ -188,7 +197,7 @@ fn kv_cache_equals_full_forward() {
             None,
             LogitsFor::All,
             false,
-        );
+        ).unwrap();
         got.extend(to_vec(out.logits.unwrap()));
     }
     let err = rel_err(&got, &full);

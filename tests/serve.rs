@@ -456,6 +456,33 @@ fn malformed_requests_get_openai_errors_and_the_server_goes_on() {
         (
             with(&|v| v["max_tokens"] = json!(1_000_000)),
             400,
+            Some("max_tokens"),
+        ),
+        // Once wrapped around in `prompt + max_tokens` and generated past the context.
+        (
+            with(&|v| v["max_tokens"] = json!(u64::MAX)),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            with(&|v| v["max_completion_tokens"] = json!(u64::MAX - 1)),
+            400,
+            Some("max_completion_tokens"),
+        ),
+        // The one chat policy of training data, screening and monitoring.
+        (
+            with(&|v| v["messages"] = json!([{"role": "tool", "content": "x"}])),
+            400,
+            Some("messages"),
+        ),
+        (
+            with(&|v| {
+                v["messages"] = json!([
+                    {"role": "user", "content": "x"},
+                    {"role": "system", "content": "y"}
+                ])
+            }),
+            400,
             Some("messages"),
         ),
         (

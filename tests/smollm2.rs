@@ -41,7 +41,7 @@ fn forward_matches_transformers() {
             None,
             LogitsFor::All,
             true,
-        );
+        ).unwrap();
         let err = rel_err(
             &to_vec(out.logits.unwrap()),
             &g.f32(&format!("{t}.logits")).1,

@@ -49,7 +49,7 @@ fn check(case: &str, layers: SteerLayers, coef: f32, from: usize) {
         Some(&iv),
         LogitsFor::All,
         true,
-    );
+    ).unwrap();
     let err = rel_err(
         &to_vec(out.logits.unwrap()),
         &g.f32(&format!("{case}.logits")).1,
@@ -143,7 +143,7 @@ fn steered_generation_with_cache_equals_without() {
                     Some(&iv),
                     LogitsFor::Last,
                     false,
-                );
+                ).unwrap();
                 seq.push(argmax(&to_vec(out.logits.unwrap())));
             }
             assert_eq!(cached, seq[prompt.len()..], "{positions:?} {layers:?}");

@@ -100,7 +100,7 @@ fn check_case(case: &str, steering: Option<Steering>, rslora: bool) {
     let adapters = init_adapters(&g, &model, rslora, &device);
     let exs = examples(&g);
     let batch = Batch::new(&exs.iter().collect::<Vec<_>>(), &device);
-    let loss = nll_sum(&model, &adapters, steering.as_ref(), &batch) / batch.num_targets() as f32;
+    let loss = nll_sum(&model, &adapters, steering.as_ref(), &batch).unwrap() / batch.num_targets() as f32;
     let grads = loss.backward();
     let got = loss.inner().into_scalar::<f32>();
     let want = g.f32(&format!("{case}.loss")).1[0];
@@ -205,7 +205,8 @@ fn two_adamw_steps_match_torch() {
             &mut optimizer,
             cfg.lr,
             &cfg,
-        );
+        )
+        .unwrap();
         let want_norm = g.f32(norm_key).1[0] as f64;
         assert!(
             ((step.grad_norm - want_norm) / want_norm).abs() < TOL,
@@ -239,7 +240,7 @@ fn peft_adapters_load_and_match_peft_logits() {
             None,
             persona_train::model::LogitsFor::All,
             false,
-        );
+        ).unwrap();
         let logits: Vec<f32> = out
             .logits
             .unwrap()

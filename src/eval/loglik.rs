@@ -24,7 +24,7 @@ pub fn next_token_logprobs(
         let input = ForwardInput::left_padded(chunk, 0, &model.device());
         let iv = steering.map(|s| s.intervention(&model.device(), None));
         let logits = model
-            .forward(&input, None, adapters, iv.as_ref(), LogitsFor::Last, false)
+            .forward(&input, None, adapters, iv.as_ref(), LogitsFor::Last, false)?
             .logits
             .expect("LogitsFor::Last returns logits");
         let b = chunk.len();
@@ -64,7 +64,7 @@ pub fn continuation_logprobs(
         let input = ForwardInput::right_padded(&seqs, &device);
         let iv = steering.map(|s| s.intervention(&device, None));
         let logits = model
-            .forward(&input, None, adapters, iv.as_ref(), LogitsFor::All, false)
+            .forward(&input, None, adapters, iv.as_ref(), LogitsFor::All, false)?
             .logits
             .expect("LogitsFor::All returns logits");
         let lp: Vec<f32> = log_softmax(logits, 2)

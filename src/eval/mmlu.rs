@@ -16,6 +16,7 @@
 
 use crate::lora::Adapters;
 use crate::model::CausalLm;
+use crate::progress::Progress;
 use crate::steering::Steering;
 use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -687,7 +688,7 @@ pub fn evaluate(
     // largest batch, the one most likely to run out of memory, comes first.
     let mut order: Vec<usize> = (0..prompts.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(prompts[i].len()));
-    let bar = crate::persona::extract::progress(order.len() as u64, "MMLU");
+    let bar = Progress::new(order.len() as u64, "MMLU");
     let mut scores = vec![[0f32; 4]; prompts.len()];
     for chunk in order.chunks(cfg.batch_size) {
         let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();

@@ -106,7 +106,7 @@ pub fn evaluate(
         )?;
         scalars.insert("eval/mmlu_acc".to_string(), report.micro);
         scalars.insert("eval/mmlu_macro_acc".to_string(), report.macro_);
-        write_json(&out_dir.join("mmlu.json"), &report)?;
+        crate::atomic::write_json(&out_dir.join("mmlu.json"), &report)?;
     }
     if !cfg.choice.is_empty() {
         let mut all = BTreeMap::new();
@@ -118,7 +118,7 @@ pub fn evaluate(
             }
             all.insert(c.path.display().to_string(), report);
         }
-        write_json(&out_dir.join("choice.json"), &all)?;
+        crate::atomic::write_json(&out_dir.join("choice.json"), &all)?;
     }
     if let Some(t) = &cfg.trait_score {
         let artifacts = persona.artifacts.context(
@@ -143,7 +143,7 @@ pub fn evaluate(
             "eval/judge_scored_fraction".to_string(),
             report.scored as f64 / report.total.max(1) as f64,
         );
-        write_json(&out_dir.join("trait_score.json"), &report)?;
+        crate::atomic::write_json(&out_dir.join("trait_score.json"), &report)?;
     }
     if let (true, Some(probes)) = (cfg.projection, persona.probes) {
         let p = probes.measure(&lm.model, adapters)?;
@@ -154,7 +154,7 @@ pub fn evaluate(
         trait_name: name.to_string(),
         scalars,
     };
-    write_json(&out_dir.join("eval.json"), &summary)?;
+    crate::atomic::write_json(&out_dir.join("eval.json"), &summary)?;
     Ok(summary)
 }
 
@@ -196,10 +196,4 @@ pub fn append_history(run: &Path, summary: &EvalSummary) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)? + "\n";
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
-}
+

@@ -9,6 +9,7 @@ use crate::lora::Adapters;
 use crate::persona::artifacts::TraitArtifacts;
 use crate::persona::extract::activation_averages;
 use crate::persona::vector::project;
+use crate::progress::Progress;
 use crate::steering::Steering;
 use crate::tokenizer::ChatMessage;
 use anyhow::{Context, Result};
@@ -95,7 +96,7 @@ pub fn evaluate(
         seed: cfg.seed,
     };
     let pad = lm.tokenizer.pad_id().or(lm.tokenizer.eos_id()).unwrap_or(0);
-    let bar = crate::persona::extract::progress(jobs.len() as u64, "trait score");
+    let bar = Progress::new(jobs.len() as u64, "trait score");
     let mut answers = Vec::with_capacity(jobs.len());
     for chunk in jobs.chunks(cfg.batch_size.max(1)) {
         let prompts = chunk

@@ -5,10 +5,7 @@
 //! that files from here and from the Python tooling can be compared as bytes. The file is built
 //! in memory, which suits the small files this crate writes (control vectors, adapters).
 
-use std::fs::{self, File};
-use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -85,7 +82,7 @@ impl GgufWriter {
         let bytes = self
             .to_bytes()
             .map_err(|e| anyhow!("{}: {e:#}", path.display()))?;
-        write_atomically(path, &bytes).with_context(|| format!("{}: cannot write", path.display()))
+        crate::atomic::write(path, &bytes)
     }
 
     fn to_bytes(&self) -> Result<Vec<u8>> {
@@ -195,24 +192,3 @@ fn put_value(out: &mut Vec<u8>, v: &Value) -> Result<()> {
     Ok(())
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    // Unique per process and per call, so concurrent writers of one path never share a temp file.
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let tmp = path.with_file_name(tmp_name);
-    let result = File::create(&tmp)
-        .and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()
-        })
-        .and_then(|()| fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}

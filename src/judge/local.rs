@@ -33,7 +33,7 @@ use crate::loader::{self, LoadedModel};
 use crate::model::{CausalLm, ForwardInput, LogitsFor};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 use anyhow::{ensure, Context, Result};
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device};
 
 /// The share of a prompt's number mass that may be left unfollowed at each step (see the
 /// module docs).
@@ -120,31 +120,12 @@ impl LocalJudge {
             "cannot judge an empty prompt"
         );
         let device = self.model.device();
-        let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
         // The pad id never matters: padded keys are masked out.
         let pad_id = self.tokenizer.pad_id().unwrap_or(0);
-        let (mut ids, mut positions, mut key_mask) = (Vec::new(), Vec::new(), Vec::new());
-        for row in rows {
-            let pad = width - row.len();
-            ids.extend(
-                std::iter::repeat_n(pad_id, pad)
-                    .chain(row.iter().copied())
-                    .map(i64::from),
-            );
-            positions.push((0..width).map(|j| j.saturating_sub(pad)).collect());
-            key_mask.push((0..width).map(|j| j >= pad).collect());
-        }
-        let input = ForwardInput {
-            input_ids: Tensor::<2, Int>::from_data(
-                TensorData::new(ids, [rows.len(), width]),
-                &device,
-            ),
-            positions,
-            key_mask: Some(key_mask),
-        };
+        let input = ForwardInput::left_padded(rows, pad_id, &device);
         let logits = self
             .model
-            .forward(&input, None, None, None, LogitsFor::Last, false)
+            .forward(&input, None, None, None, LogitsFor::Last, false)?
             .logits
             .context("the model returned no logits")?;
         let logits: Vec<f32> = logits.into_data().convert::<f32>().try_into_vec()?;

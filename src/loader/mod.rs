@@ -36,11 +36,30 @@ pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<LoadedM
             (model, Tokenizer::from_hf_dir(dir)?)
         }
     };
+    check_vocabularies(&model, &tokenizer, files)?;
     Ok(LoadedModel {
         model,
         tokenizer,
         files: files.clone(),
     })
+}
+
+/// Every id the tokenizer produces must have a row in the embedding (a model may have more rows
+/// than its tokenizer uses, never fewer).
+fn check_vocabularies(model: &CausalLm, tokenizer: &Tokenizer, files: &ModelFiles) -> Result<()> {
+    let rows = model.config().vocab_size;
+    match tokenizer.max_id() {
+        Some(max) if max as usize >= rows => {
+            let origin = match files {
+                ModelFiles::Gguf(path) => path.display(),
+                ModelFiles::HfDir(dir) => dir.display(),
+            };
+            anyhow::bail!(
+                "{origin}: the tokenizer has token ids up to {max}, but the model's vocabulary (vocab_size, the embedding's rows) has only {rows} tokens: the tokenizer and the weights do not belong together"
+            )
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The weights of a Hugging Face directory alone (tests and tiny models need no tokenizer).

@@ -104,10 +104,18 @@ impl ModelConfig {
                 self.head_dim
             ));
         }
-        // Written so that NaN fails too.
-        #[allow(clippy::neg_cmp_op_on_partial_ord)]
-        if !(self.rope_theta > 0.0) {
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             problems.push(format!("rope_theta ({}) must be positive", self.rope_theta));
+        }
+        // eps ≤ 0 divides by zero on an all-zero row (padding, a dead channel): NaN downstream.
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
+            problems.push(format!(
+                "rms_norm_eps ({}) must be a positive number",
+                self.rms_norm_eps
+            ));
+        }
+        if self.max_position_embeddings == 0 {
+            problems.push("max_position_embeddings must be positive".into());
         }
         if let Some(RopeScaling::FreqFactors(f)) = &self.rope_scaling {
             if f.len() != self.head_dim / 2 {

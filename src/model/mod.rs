@@ -28,6 +28,10 @@ pub struct ForwardInput {
     pub positions: Vec<Vec<usize>>,
     /// Which keys are real tokens, `[batch][cached + seq]`; `None` when nothing is padded.
     pub key_mask: Option<Vec<Vec<bool>>>,
+    /// The largest id of `input_ids`, kept on the host so the forward pass can refuse an id
+    /// outside the vocabulary without reading the tensor back. Private: only the constructors
+    /// below, which see every id, set it.
+    max_id: u32,
 }
 
 impl ForwardInput {
@@ -43,19 +47,11 @@ impl ForwardInput {
         for row in rows {
             let row = row.as_ref();
             let pad = width - row.len();
-            ids.extend(
-                std::iter::repeat_n(pad_id, pad)
-                    .chain(row.iter().copied())
-                    .map(|i| i as i64),
-            );
+            ids.extend(std::iter::repeat_n(pad_id, pad).chain(row.iter().copied()));
             positions.push((0..width).map(|j| j.saturating_sub(pad)).collect());
             key_mask.push((0..width).map(|j| j >= pad).collect());
         }
-        Self {
-            input_ids: Tensor::from_data(TensorData::new(ids, [b, width]), device),
-            positions,
-            key_mask: Some(key_mask),
-        }
+        Self::new(ids, [b, width], positions, Some(key_mask), device)
     }
 
     /// Rows of any length padded on the right (id 0, masked), positions from 0; no mask when no
@@ -63,32 +59,59 @@ impl ForwardInput {
     pub fn right_padded(rows: &[impl AsRef<[u32]>], device: &Device) -> Self {
         let b = rows.len();
         let seq = rows.iter().map(|r| r.as_ref().len()).max().unwrap_or(0);
-        let mut ids = vec![0i64; b * seq];
+        let mut ids = vec![0; b * seq];
         let mut key_mask = vec![vec![false; seq]; b];
         for (r, row) in rows.iter().enumerate() {
             for (i, &id) in row.as_ref().iter().enumerate() {
-                ids[r * seq + i] = id as i64;
+                ids[r * seq + i] = id;
                 key_mask[r][i] = true;
             }
         }
         let padded = key_mask.iter().flatten().any(|&real| !real);
-        Self {
-            input_ids: Tensor::from_data(TensorData::new(ids, [b, seq]), device),
-            positions: vec![(0..seq).collect(); b],
-            key_mask: padded.then_some(key_mask),
-        }
+        let positions = vec![(0..seq).collect(); b];
+        Self::new(ids, [b, seq], positions, padded.then_some(key_mask), device)
     }
 
     /// Unpadded rows of equal length starting at position `start`.
     pub fn dense(ids: &[Vec<u32>], start: usize, device: &Device) -> Self {
         let b = ids.len();
         let t = ids.first().map_or(0, Vec::len);
-        let flat: Vec<i64> = ids.iter().flatten().map(|&i| i as i64).collect();
+        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+        Self::new(flat, [b, t], vec![(start..start + t).collect(); b], None, device)
+    }
+
+    /// One new token per row after a cached prefix: row `r` at `positions[r]`, attending to
+    /// `key_mask[r]` (the cached keys and itself).
+    pub fn decode_step(
+        tokens: &[u32],
+        positions: &[usize],
+        key_mask: Vec<Vec<bool>>,
+        device: &Device,
+    ) -> Self {
+        let positions = positions.iter().map(|&p| vec![p]).collect();
+        Self::new(tokens.to_vec(), [tokens.len(), 1], positions, Some(key_mask), device)
+    }
+
+    fn new(
+        ids: Vec<u32>,
+        shape: [usize; 2],
+        positions: Vec<Vec<usize>>,
+        key_mask: Option<Vec<Vec<bool>>>,
+        device: &Device,
+    ) -> Self {
+        let max_id = ids.iter().copied().max().unwrap_or(0);
+        let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
         Self {
-            input_ids: Tensor::from_data(TensorData::new(flat, [b, t]), device),
-            positions: vec![(start..start + t).collect(); b],
-            key_mask: None,
+            input_ids: Tensor::from_data(TensorData::new(ids, shape), device),
+            positions,
+            key_mask,
+            max_id,
         }
+    }
+
+    /// The largest token id of the input.
+    pub fn max_id(&self) -> u32 {
+        self.max_id
     }
 }
 

@@ -7,7 +7,7 @@ use super::config::ModelConfig;
 use super::rope::{self, Rope};
 use super::{ForwardInput, ForwardOutput, Intervention, LogitsFor, ParamSource};
 use crate::lora::{Adapters, Target};
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::tensor::activation::silu;
@@ -258,7 +258,14 @@ impl CausalLm {
         intervention: Option<&Intervention>,
         logits_for: LogitsFor,
         output_hidden_states: bool,
-    ) -> ForwardOutput {
+    ) -> Result<ForwardOutput> {
+        // Burn's gather would panic on an id past the embedding's rows.
+        ensure!(
+            (input.max_id() as usize) < self.config.vocab_size,
+            "token id {} is outside the model's vocabulary of {} tokens (a tokenizer or token file made for another model?)",
+            input.max_id(),
+            self.config.vocab_size
+        );
         let device = self.device();
         let [b, t] = input.input_ids.dims();
         let past = cache.as_ref().map_or(0, |c| c.len());
@@ -299,10 +306,10 @@ impl CausalLm {
             LogitsFor::Last => Some(x.slice([0..b, t - 1..t])),
             LogitsFor::None => None,
         };
-        ForwardOutput {
+        Ok(ForwardOutput {
             logits: x.map(|x| self.head(x)),
             hidden_states,
-        }
+        })
     }
 
     /// The output head over final-norm hidden states: `[batch, seq, hidden]` → logits.

@@ -163,27 +163,9 @@ impl TraitArtifacts {
         problems
     }
 
-    /// Writes pretty JSON through a temporary file and a rename, so readers never see a
-    /// half-written file.
+    /// Writes pretty JSON, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut json = serde_json::to_string_pretty(self)?;
-        json.push('\n');
-        let name = path
-            .file_name()
-            .with_context(|| format!("{}: not a file path", path.display()))?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let tmp = path.with_file_name(format!(
-            ".{}.{}.tmp",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, path).map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            anyhow!("renaming {} to {}: {e}", tmp.display(), path.display())
-        })
+        crate::atomic::write_json(path, self)
     }
 
     pub fn adjective(&self) -> &str {

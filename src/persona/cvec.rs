@@ -25,7 +25,7 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, ensure, Result};
 
 use crate::gguf::writer::GgufWriter;
 use crate::gguf::{GgmlType, GgufFile, Value};
@@ -69,6 +69,8 @@ pub fn export(vector: &[Vec<f32>], coef: f32, model_hint: &str, path: &Path) -> 
             row.len()
         );
     }
+    crate::steering::ensure_finite(vector, &name.to_string())?;
+    ensure!(coef.is_finite(), "{name}: the coefficient must be a finite number, got {coef}");
     let directions = &vector[2..];
     let mut w = GgufWriter::new();
     // Keys, types and order as llama.cpp's cvector-generator writes them.
@@ -148,6 +150,7 @@ pub fn import(path: &Path) -> Result<ImportedCvec> {
             *v += d;
         }
     }
+    crate::steering::ensure_finite(&vectors, &name.to_string())?;
     Ok(ImportedCvec {
         vectors,
         model_hint,

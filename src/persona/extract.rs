@@ -12,9 +12,9 @@ use crate::model::CausalLm;
 use crate::model::{ForwardInput, LogitsFor};
 use crate::persona::artifacts::{Polarity, SystemPromptTemplate, TraitArtifacts};
 use crate::persona::vector::{PersonaVector, KINDS};
+use crate::progress::Progress;
 use crate::tokenizer::ChatMessage;
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -150,7 +150,7 @@ pub fn extract(
         }
     }
 
-    let bar = progress(
+    let bar = Progress::new(
         todo.len() as u64,
         if judge.is_some() {
             "generating + judging"
@@ -238,7 +238,7 @@ pub fn extract(
         c = cfg.coherence_threshold,
     );
 
-    let bar = progress(kept.len() as u64 * 2, "activations");
+    let bar = Progress::new(kept.len() as u64 * 2, "activations");
     let (mut pos_acts, mut neg_acts) = (Vec::new(), Vec::new());
     for (pos, neg) in &kept {
         for (r, acts) in [(pos, &mut pos_acts), (neg, &mut neg_acts)] {
@@ -349,7 +349,7 @@ pub fn activation_averages(
         None,
         LogitsFor::None,
         true,
-    );
+    )?;
     let mut acts: Activations = KINDS.iter().map(|&k| (k, Vec::new())).collect();
     for h in out.hidden_states {
         let [_, t, d] = h.dims();
@@ -429,11 +429,7 @@ fn read_rollouts(path: &Path) -> Result<Vec<Rollout>> {
                     path.display()
                 );
                 let kept: String = lines[..i].iter().map(|l| format!("{l}\n")).collect();
-                let tmp = path.with_extension("jsonl.tmp");
-                std::fs::write(&tmp, kept)
-                    .with_context(|| format!("cannot write {}", tmp.display()))?;
-                std::fs::rename(&tmp, path)
-                    .with_context(|| format!("cannot replace {}", path.display()))?;
+                crate::atomic::write(path, kept)?;
             }
             Err(e) => anyhow::bail!(
                 "{}: line {}: not a rollout record: {e}",
@@ -458,17 +454,4 @@ fn model_sha256(files: &crate::source::ModelFiles) -> Result<String> {
             .with_context(|| format!("cannot read {}", path.display()))?;
     }
     Ok(format!("{:x}", hasher.finalize()))
-}
-
-/// The progress bar of the persona commands' long loops (generation, judging, activations).
-pub(crate) fn progress(n: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(n);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{msg:>22} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_message(what.to_owned());
-    bar
 }

@@ -17,6 +17,8 @@ use crate::cli::ModelArgs;
 use crate::lora::Adapters;
 use crate::model::{CausalLm, ForwardInput, LogitsFor};
 use crate::persona::vector::TraitDirection;
+use crate::progress::Progress;
+use crate::tokenizer::chat::parse_chat_line;
 use crate::tokenizer::ChatMessage;
 use anyhow::{bail, ensure, Context, Result};
 use burn::tensor::Tensor;
@@ -82,11 +84,6 @@ impl MonitoredPrompt {
 
 /// Parses monitor input (see the module docs); `origin` names it in errors (`file:line`).
 pub fn parse_prompts(text: &str, origin: &str) -> Result<Vec<MonitoredPrompt>> {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Row {
-        messages: Vec<ChatMessage>,
-    }
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
@@ -95,20 +92,11 @@ pub fn parse_prompts(text: &str, origin: &str) -> Result<Vec<MonitoredPrompt>> {
             continue;
         }
         let messages = if trimmed.starts_with('{') {
-            let row: Row = serde_json::from_str(trimmed).with_context(|| {
+            let m = parse_chat_line(trimmed).with_context(|| {
                 format!(
-                    "{origin}:{line}: a line starting with '{{' must be a chat row {{\"messages\": [{{\"role\": ..., \"content\": ...}}, ...]}} (write plain text that starts with '{{' as a JSON string)"
+                    "{origin}:{line}: a line starting with '{{' must be a chat row (write plain text that starts with '{{' as a JSON string)"
                 )
             })?;
-            let m = row.messages;
-            ensure!(!m.is_empty(), "{origin}:{line}: \"messages\" is empty");
-            for (j, msg) in m.iter().enumerate() {
-                ensure!(
-                    matches!(msg.role.as_str(), "system" | "user" | "assistant"),
-                    "{origin}:{line}: messages[{j}].role is {:?} (expected system, user or assistant)",
-                    msg.role
-                );
-            }
             ensure!(
                 m.last().is_some_and(|msg| msg.role != "assistant"),
                 "{origin}:{line}: the chat ends with an assistant message; monitor measures the prompt of the reply to come, so end it with a user message"
@@ -151,7 +139,7 @@ pub fn last_token_projections(
         None,
         LogitsFor::None,
         true,
-    );
+    )?;
     last_column_projections(&out.hidden_states, directions)
 }
 
@@ -264,7 +252,7 @@ pub fn run(a: MonitorArgs) -> Result<()> {
         None => Box::new(std::io::stdout().lock()),
     };
     let bar = (prompts.len() > a.batch_size)
-        .then(|| super::extract::progress(prompts.len() as u64, "last-token projections"));
+        .then(|| Progress::new(prompts.len() as u64, "last-token projections"));
     let mut alerts = 0;
     for (chunk, (ps, ids)) in prompts
         .chunks(a.batch_size)

@@ -9,13 +9,13 @@ use crate::generate::{generate_seeded, Sampling};
 use crate::judge::{rubric, Judge};
 use crate::loader::LoadedModel;
 use crate::persona::artifacts::TraitArtifacts;
-use crate::persona::extract::{activation_averages, progress};
+use crate::persona::extract::activation_averages;
 use crate::persona::vector::{project, PersonaVector};
 use crate::plot::{LineChart, Series};
+use crate::progress::Progress;
 use crate::steering::{Positions, SteerLayers, Steering};
 use crate::tokenizer::ChatMessage;
 use anyhow::{ensure, Context, Result};
-use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -232,21 +232,21 @@ pub fn sweep(
         .collect();
     let total = (slots.len() * runs.len()) as u64;
 
-    let bar = progress(total, "generating");
+    let bar = Progress::new(total, "generating");
     let mut rows = Vec::with_capacity(runs.len());
     for steering in &runs {
         rows.push(answer(m, questions, &slots, *steering, cfg, &bar)?);
     }
     bar.finish();
 
-    let bar = progress(total, "judging");
+    let bar = Progress::new(total, "judging");
     for answers in &mut rows {
         score(judge, &artifacts.eval_prompt, answers)?;
         bar.inc(answers.len() as u64);
     }
     bar.finish();
 
-    let bar = progress(total, "projections");
+    let bar = Progress::new(total, "projections");
     let mut baseline_sums = vec![(0.0, 0); layers.len()];
     for a in &rows[0] {
         if let Some(h) = response_average(m, a)? {
@@ -292,7 +292,7 @@ fn answer(
     slots: &[Slot],
     steering: Option<&Steering>,
     cfg: &SweepConfig,
-    bar: &ProgressBar,
+    bar: &Progress,
 ) -> Result<Vec<SweepAnswer>> {
     let sampling = Sampling {
         max_new_tokens: cfg.max_new_tokens,

@@ -50,7 +50,9 @@ impl PersonaVector {
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect();
-            vectors.insert(name, flat.chunks(hidden).map(<[f32]>::to_vec).collect());
+            let rows: Vec<Vec<f32>> = flat.chunks(hidden).map(<[f32]>::to_vec).collect();
+            crate::steering::ensure_finite(&rows, &format!("{}: tensor {name}", path.display()))?;
+            vectors.insert(name, rows);
         }
         ensure!(
             !vectors.is_empty(),
@@ -67,6 +69,9 @@ impl PersonaVector {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
+        for (kind, rows) in &self.vectors {
+            crate::steering::ensure_finite(rows, &format!("{}: {kind} vector", path.display()))?;
+        }
         let flat: Vec<(String, Vec<f32>, Vec<usize>)> = self
             .vectors
             .iter()

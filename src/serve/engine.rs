@@ -231,7 +231,7 @@ impl Engine {
             intervention.as_ref(),
             LogitsFor::Last,
             !self.monitors.is_empty(),
-        );
+        )?;
         let logits = host(out.logits.expect("LogitsFor::Last returns logits"))?;
         // The monitor reads the prompt as the unsteered model sees it: otherwise a request could
         // steer its own reading below a refusal threshold. Steered batches pay a second prefill.
@@ -246,7 +246,7 @@ impl Engine {
                     None,
                     LogitsFor::None,
                     true,
-                );
+                )?;
                 self.readings(&unsteered.hidden_states)?
             }
         };
@@ -309,16 +309,13 @@ impl Engine {
     fn decode(&self, rows: &mut Vec<Row>, cache: &mut KvCache) -> Result<()> {
         let device = self.model.device();
         let b = rows.len();
-        let ids: Vec<i64> = rows.iter().map(|r| r.next_token as i64).collect();
-        let input = ForwardInput {
-            input_ids: Tensor::from_data(TensorData::new(ids, [b, 1]), &device),
-            positions: rows.iter().map(|r| vec![r.position]).collect(),
-            key_mask: Some(
-                rows.iter()
-                    .map(|r| r.key_mask.iter().copied().chain([true]).collect())
-                    .collect(),
-            ),
-        };
+        let tokens: Vec<u32> = rows.iter().map(|r| r.next_token).collect();
+        let positions: Vec<usize> = rows.iter().map(|r| r.position).collect();
+        let key_mask = rows
+            .iter()
+            .map(|r| r.key_mask.iter().copied().chain([true]).collect())
+            .collect();
+        let input = ForwardInput::decode_step(&tokens, &positions, key_mask, &device);
         fn steered(r: &Row) -> Option<&Steering> {
             r.job
                 .steering
@@ -342,7 +339,7 @@ impl Engine {
             intervention.as_ref(),
             LogitsFor::Last,
             false,
-        );
+        )?;
         let logits = host(out.logits.expect("LogitsFor::Last returns logits"))?;
         let vocab = self.model.config().vocab_size;
         let mut kept = Vec::with_capacity(b);

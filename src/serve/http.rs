@@ -241,6 +241,8 @@ fn prepare(
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
+    crate::tokenizer::chat::check_chat(&messages)
+        .map_err(|e| ApiError::invalid(format!("{e:#}"), "messages"))?;
     let prompt = app
         .tokenizer
         .encode_chat(&messages, true)
@@ -251,6 +253,13 @@ fn prepare(
     if prompt.is_empty() {
         return Err(ApiError::invalid(
             "the messages render to no tokens",
+            "messages",
+        ));
+    }
+    let vocab = app.model_config.vocab_size;
+    if let Some(bad) = prompt.iter().find(|&&id| id as usize >= vocab) {
+        return Err(ApiError::invalid(
+            format!("the prompt encodes to token id {bad}, outside the model's vocabulary of {vocab} tokens"),
             "messages",
         ));
     }
@@ -266,13 +275,19 @@ fn prepare(
         Some(n) => n,
         None => app.default_max_tokens.min(room),
     };
-    if max_tokens == 0 || prompt.len() + max_tokens > context {
+    // Checked: a request's max_tokens can be as large as u64::MAX.
+    if max_tokens == 0 || prompt.len().checked_add(max_tokens).is_none_or(|n| n > context) {
+        let param = match (r.max_completion_tokens, r.max_tokens) {
+            (Some(_), _) => "max_completion_tokens",
+            (None, Some(_)) => "max_tokens",
+            (None, None) => "messages",
+        };
         return Err(ApiError::invalid(
             format!(
                 "the prompt ({} tokens) plus max_tokens ({max_tokens}) exceeds the model's context of {context} tokens",
                 prompt.len()
             ),
-            "messages",
+            param,
         )
         .with_code("context_length_exceeded"));
     }

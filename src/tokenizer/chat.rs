@@ -30,6 +30,55 @@ impl ChatMessage {
     }
 }
 
+/// The roles a chat may use: what chat templates render and what training locates spans of.
+pub const ROLES: [&str; 3] = ["system", "user", "assistant"];
+
+/// The one chat policy, applied wherever chats come in (training data, screening, monitoring,
+/// the server): at least one message, every role one of [`ROLES`], a system message only first.
+pub fn check_chat(messages: &[ChatMessage]) -> Result<()> {
+    anyhow::ensure!(!messages.is_empty(), "\"messages\" is empty");
+    for (j, m) in messages.iter().enumerate() {
+        anyhow::ensure!(
+            ROLES.contains(&m.role.as_str()),
+            "messages[{j}].role is {:?} (expected system, user or assistant)",
+            m.role
+        );
+        anyhow::ensure!(
+            m.role != "system" || j == 0,
+            "messages[{j}]: a system message may only come first"
+        );
+    }
+    Ok(())
+}
+
+/// One JSONL chat line, `{"messages": [{"role": ..., "content": ...}, ...]}`, checked by
+/// [`check_chat`]. Other keys of the line (ids, labels) are ignored; a message holds `role` and
+/// `content` only. Callers add `file:line` and their own rules.
+pub fn parse_chat_line(line: &str) -> Result<Vec<ChatMessage>> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        messages: Vec<Message>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Message {
+        role: String,
+        content: String,
+    }
+    let line: Line = serde_json::from_str(line).map_err(|e| {
+        anyhow::anyhow!(
+            "expected {{\"messages\": [{{\"role\": ..., \"content\": ...}}, ...]}}: {e}"
+        )
+    })?;
+    let messages: Vec<ChatMessage> = line
+        .messages
+        .into_iter()
+        .map(|m| ChatMessage::new(m.role, m.content))
+        .collect();
+    check_chat(&messages)?;
+    Ok(messages)
+}
+
 /// The special-token strings transformers passes to every render (`special_tokens_map`).
 #[derive(Debug, Clone, Default)]
 pub struct SpecialTokens {

@@ -322,9 +322,7 @@ impl Tokenizer {
             config.insert("chat_template".into(), template.source().into());
         }
         let config_path = dir.join("tokenizer_config.json");
-        let text = serde_json::to_string_pretty(&serde_json::Value::Object(config))? + "\n";
-        fs::write(&config_path, text)
-            .with_context(|| format!("cannot write {}", config_path.display()))
+        crate::atomic::write_json(&config_path, &serde_json::Value::Object(config))
     }
 
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
@@ -344,6 +342,12 @@ impl Tokenizer {
     /// Number of ids the tokenizer can produce, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// The largest id the tokenizer can produce, added tokens included (ids may have gaps, so
+    /// this can exceed `vocab_size() - 1`).
+    pub fn max_id(&self) -> Option<u32> {
+        self.inner.get_vocab(true).into_values().max()
     }
 
     pub fn bos_id(&self) -> Option<u32> {

@@ -1,6 +1,7 @@
 //! Checkpoints: `<run>/step-<N>/` with the adapter in PEFT's format, the recipe as run, and the
 //! trainer state (optimizer moments, step, data position). Each is written to a hidden temporary
-//! directory and renamed into place, so a crash never leaves a torn checkpoint.
+//! directory and renamed into place, so a crash never leaves a torn checkpoint; the rename is
+//! the step's commit point (see [`Staged`]).
 
 use crate::lora::{host, host_tensor, Adapters};
 use crate::tensor_file::{self, Values};
@@ -46,17 +47,23 @@ pub fn list(run: &Path) -> Result<Vec<(usize, PathBuf)>> {
     Ok(out)
 }
 
-/// Writes checkpoint `state.step`, then deletes all but the newest `keep_last` (0 keeps all).
-pub fn save(
+/// A checkpoint written to a hidden directory, not yet visible to [`list`] or `--resume`: the
+/// trainer adds the step's evaluation to it and writes the step's history, then commits it.
+pub struct Staged {
+    /// Where files of the checkpoint go until [`commit`].
+    pub tmp: PathBuf,
+    step: usize,
+}
+
+/// Writes checkpoint `state.step` to a hidden directory (see [`Staged`]).
+pub fn stage(
     run: &Path,
     state: &TrainerState,
     adapters: &Adapters,
     optimizer: &AdamW,
     recipe_toml: &str,
     base_model: &str,
-    keep_last: usize,
-) -> Result<PathBuf> {
-    let dir = step_dir(run, state.step);
+) -> Result<Staged> {
     let tmp = run.join(format!(".step-{}.tmp", state.step));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)
@@ -80,17 +87,28 @@ pub fn save(
         .collect();
     let meta = [("adam_step".to_string(), optimizer.step.to_string())].into();
     tensor_file::write(&tmp.join("optimizer.safetensors"), &views, Some(meta))?;
-    write(
+    crate::atomic::write(
         &tmp.join("trainer_state.json"),
-        &(serde_json::to_string_pretty(state)? + "\n"),
+        serde_json::to_string_pretty(state)? + "\n",
     )?;
-    write(&tmp.join("recipe.toml"), recipe_toml)?;
+    crate::atomic::write(&tmp.join("recipe.toml"), recipe_toml)?;
+    Ok(Staged {
+        tmp,
+        step: state.step,
+    })
+}
+
+/// Renames a staged checkpoint into place as `step-<N>`, then deletes all but the newest
+/// `keep_last` (0 keeps all).
+pub fn commit(run: &Path, staged: Staged, keep_last: usize) -> Result<PathBuf> {
+    let dir = step_dir(run, staged.step);
     if dir.exists() {
         std::fs::remove_dir_all(&dir)
             .with_context(|| format!("cannot replace {}", dir.display()))?;
     }
-    std::fs::rename(&tmp, &dir)
-        .with_context(|| format!("cannot move {} to {}", tmp.display(), dir.display()))?;
+    std::fs::rename(&staged.tmp, &dir).with_context(|| {
+        format!("cannot move {} to {}", staged.tmp.display(), dir.display())
+    })?;
     if keep_last > 0 {
         let all = list(run)?;
         for (_, old) in &all[..all.len().saturating_sub(keep_last)] {
@@ -99,10 +117,6 @@ pub fn save(
         }
     }
     Ok(dir)
-}
-
-fn write(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Reads a checkpoint back: trainer state, adapters and optimizer moments (in the order of

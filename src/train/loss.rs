@@ -5,6 +5,7 @@ use crate::data::Example;
 use crate::lora::Adapters;
 use crate::model::{CausalLm, ForwardInput, LogitsFor};
 use crate::steering::{Positions, Steering};
+use anyhow::Result;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
@@ -85,7 +86,7 @@ pub fn nll_sum(
     adapters: &Adapters,
     steering: Option<&Steering>,
     batch: &Batch,
-) -> Tensor<1> {
+) -> Result<Tensor<1>> {
     let device = model.device();
     let intervention =
         steering.map(|s| s.intervention(&device, batch.steering_mask(s.positions, &device)));
@@ -96,7 +97,7 @@ pub fn nll_sum(
         intervention.as_ref(),
         LogitsFor::None,
         true,
-    );
+    )?;
     let last = out
         .hidden_states
         .into_iter()
@@ -112,5 +113,5 @@ pub fn nll_sum(
         .head(rows.unsqueeze::<3>())
         .reshape([n, model.config().vocab_size]);
     let ids = Tensor::<2, Int>::from_data(TensorData::new(batch.predict.clone(), [n, 1]), &device);
-    log_softmax(logits, 1).gather(1, ids).sum().neg()
+    Ok(log_softmax(logits, 1).gather(1, ids).sum().neg())
 }

@@ -12,13 +12,13 @@ use crate::lora::Adapters;
 use crate::persona::artifacts::TraitArtifacts;
 use crate::persona::extract::{extract, ExtractConfig};
 use crate::persona::vector::PersonaVector;
+use crate::progress::Progress;
 use crate::recipe::{Recipe, SteeringMode};
 use crate::steering::{SteerLayers, Steering};
 use crate::tensorboard::EventWriter;
 use anyhow::{bail, Context, Result};
 use burn::tensor::Tensor;
 use checkpoint::TrainerState;
-use indicatif::{ProgressBar, ProgressStyle};
 use loss::Batch;
 use monitor::Monitor;
 use optim::AdamW;
@@ -30,27 +30,46 @@ use std::time::Instant;
 #[derive(Debug)]
 pub struct TrainOutcome {
     pub run_dir: PathBuf,
+    /// The step the run stands at (its total when it finished).
     pub steps: usize,
-    pub last_loss: f64,
+    /// Steps trained by this call: 0 when a finished run was resumed.
+    pub steps_run: usize,
+    /// The loss of the last step, as metrics.jsonl records it.
+    pub last_loss: Option<f64>,
     pub last_checkpoint: PathBuf,
 }
 
 /// Runs `recipe`; with `resume`, continues from the run's latest checkpoint.
+///
+/// Every step's records survive an interruption at any point: a checkpoint becomes visible
+/// (its directory renamed into place) only after its step's metrics, evaluation and TensorBoard
+/// scalars are written, and a resumed run first drops the records past its checkpoint, so each
+/// step is recorded exactly once.
 pub fn train(recipe: &Recipe, resume: bool) -> Result<TrainOutcome> {
+    let run = recipe.run_dir();
+    let created = !run.exists();
+    let result = run_recipe(recipe, resume, &run);
+    if result.is_err() && created {
+        // A run that failed before writing anything leaves no empty directory behind (a
+        // non-empty one is kept: it holds what was written).
+        let _ = std::fs::remove_dir(&run);
+    }
+    result
+}
+
+fn run_recipe(recipe: &Recipe, resume: bool, run: &Path) -> Result<TrainOutcome> {
     anyhow::ensure!(
         !recipe.data.train.is_empty(),
         "recipe {}: data.train: no training files given",
         recipe.name
     );
-    let run = recipe.run_dir();
-    let existing = checkpoint::list(&run)?;
+    let existing = checkpoint::list(run)?;
     if !resume && !existing.is_empty() {
         bail!(
             "{} already holds checkpoints: pass --resume to continue that run, or --set name=NEW for a new one",
             run.display()
         );
     }
-    std::fs::create_dir_all(&run).with_context(|| format!("cannot create {}", run.display()))?;
     let device = crate::device::parse(&recipe.model.device)?;
     let dtype = crate::device::parse_dtype(&recipe.model.dtype)?;
     let files = crate::source::resolve(&recipe.model.source)?;
@@ -105,22 +124,42 @@ pub fn train(recipe: &Recipe, resume: bool) -> Result<TrainOutcome> {
         }
     };
     state.total_steps = total;
+    let metrics_path = run.join("metrics.jsonl");
+    if state.step >= total {
+        eprintln!(
+            "{} already finished at step {}: nothing to train",
+            run.display(),
+            state.step
+        );
+        return Ok(TrainOutcome {
+            run_dir: run.to_path_buf(),
+            steps: state.step,
+            steps_run: 0,
+            last_loss: recorded_loss(&metrics_path, state.step),
+            last_checkpoint: existing.last().map(|(_, d)| d.clone()).unwrap_or_default(),
+        });
+    }
     let mut adapters = adapters.map(|_, _, _, t| t.autodiff().require_grad());
     adapters.dropout_active = true;
 
-    let metrics_path = run.join("metrics.jsonl");
-    truncate_metrics(&metrics_path, state.step)?;
+    std::fs::create_dir_all(run).with_context(|| format!("cannot create {}", run.display()))?;
+    // Records past the checkpoint belong to the interrupted attempt and are written again.
+    let resumed_at = state.step as u64;
+    truncate_history(&metrics_path, |step| step <= resumed_at)?;
+    truncate_history(&crate::report::evals_path(run), |step| {
+        step <= resumed_at && resumed_at > 0
+    })?;
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&metrics_path)
         .with_context(|| format!("cannot open {}", metrics_path.display()))?;
-    let mut tb = EventWriter::create(&recipe.tensorboard_dir())?;
 
     let monitor = match (&rows, recipe.monitor.probe_every) {
-        (Some(rows), every) if every > 0 => Some(build_monitor(recipe, &lm, &vector, rows, &run)?),
+        (Some(rows), every) if every > 0 => Some(build_monitor(recipe, &lm, &vector, rows, run)?),
         _ => None,
     };
+    let mut tb = EventWriter::create(&recipe.tensorboard_dir())?;
     if let (Some(m), 0) = (&monitor, state.step) {
         tb.scalars(0, &m.scalars(&m.base))?;
     }
@@ -139,7 +178,7 @@ pub fn train(recipe: &Recipe, resume: bool) -> Result<TrainOutcome> {
     // per-step monitor is off.
     let eval_probes = match (&monitor, &rows) {
         (None, Some(rows)) if evaluating && recipe.eval.projection => {
-            Some(build_monitor(recipe, &lm, &vector, rows, &run)?)
+            Some(build_monitor(recipe, &lm, &vector, rows, run)?)
         }
         _ => None,
     };
@@ -150,6 +189,7 @@ pub fn train(recipe: &Recipe, resume: bool) -> Result<TrainOutcome> {
         vector: rows.as_deref().zip(probes.map(|m| m.main_layer)),
         probes,
     };
+    // The history line is written last: it is what marks the evaluation as done.
     let evaluate = |adapters: Option<&Adapters>,
                     step: usize,
                     dir: &Path,
@@ -157,23 +197,16 @@ pub fn train(recipe: &Recipe, resume: bool) -> Result<TrainOutcome> {
      -> Result<()> {
         let summary =
             crate::eval::evaluate(&lm, adapters, None, &persona, &recipe.eval, step, dir)?;
-        crate::eval::append_history(&run, &summary)?;
-        let scalars: Vec<(String, f64)> = summary.scalars.into_iter().collect();
-        tb.scalars(step as i64, &scalars)
+        let scalars: Vec<(String, f64)> = summary.scalars.clone().into_iter().collect();
+        tb.scalars(step as i64, &scalars)?;
+        crate::eval::append_history(run, &summary)
     };
     if evaluating && state.step == 0 {
         eprintln!("evaluating the base model (step 0)");
         evaluate(None, 0, &run.join("eval-base"), &mut tb)?;
     }
 
-    let bar = ProgressBar::new(total as u64).with_position(state.step as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {pos}/{len} {msg} {elapsed_precise} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_prefix(recipe.name.clone());
+    let bar = Progress::new(total as u64, &recipe.name).with_position(state.step as u64);
 
     let mut epoch_order = data::epoch_batches(
         &lengths,
@@ -181,7 +214,8 @@ pub fn train(recipe: &Recipe, resume: bool) -> Result<TrainOutcome> {
         recipe.data.shuffle_seed,
         state.epoch,
     );
-    let mut last_loss = f64::NAN;
+    let first_step = state.step;
+    let mut last_loss = None;
     let mut last_shift: Option<f32> = None;
     let mut last_checkpoint = existing.last().map(|(_, d)| d.clone()).unwrap_or_default();
     while state.step < total {
@@ -215,6 +249,7 @@ pub fn train(recipe: &Recipe, resume: bool) -> Result<TrainOutcome> {
             );
         }
 
+        // Forward, backward, update.
         let lr = optim::learning_rate(o, state.step, total);
         let done = optimizer_step(
             &lm.model,
@@ -224,14 +259,23 @@ pub fn train(recipe: &Recipe, resume: bool) -> Result<TrainOutcome> {
             &mut optimizer,
             lr,
             o,
-        );
+        )
+        .with_context(|| {
+            format!(
+                "step {} of {}: training stopped; nothing of this step was saved (the last checkpoint is {})",
+                state.step + 1,
+                recipe.name,
+                last_checkpoint.display()
+            )
+        })?;
         adapters = done.adapters;
         let (loss_sum, grad_norm) = (done.loss, done.grad_norm);
         state.step += 1;
         state.tokens_seen += tokens as u64;
-        last_loss = loss_sum;
+        last_loss = Some(loss_sum);
         let tokens_per_sec = tokens as f64 / started.elapsed().as_secs_f64();
 
+        // Probes and the step's records.
         let step = state.step as i64;
         let mut scalars = vec![
             ("train/loss".to_string(), loss_sum),
@@ -254,30 +298,40 @@ pub fn train(recipe: &Recipe, resume: bool) -> Result<TrainOutcome> {
             record["main_layer"] = serde_json::json!(m.main_layer);
             scalars.extend(m.scalars(&p));
         }
+
+        // Checkpoint and evaluate: staged first, committed after the step's records.
+        let mut staged = None;
         if state.step % recipe.checkpoint.every_n_steps == 0 || state.step == total {
+            let plain = inference(&adapters);
+            ensure_adapters_finite(&plain, state.step)?;
             if !val_set.is_empty() {
-                let val = validation_loss(&lm, &inference(&adapters), &val_set, o.batch_size);
+                let val = validation_loss(&lm, &plain, &val_set, o.batch_size)?;
                 scalars.push(("val/loss".to_string(), val));
                 record["val_loss"] = serde_json::json!(val);
             }
-            let plain = inference(&adapters);
-            last_checkpoint = checkpoint::save(
-                &run,
+            let stage = checkpoint::stage(
+                run,
                 &state,
                 &plain,
                 &optimizer,
                 &recipe_toml,
                 &recipe.model.source,
-                recipe.checkpoint.keep_last,
             )?;
             if evaluating {
-                evaluate(Some(&plain), state.step, &last_checkpoint, &mut tb)?;
+                evaluate(Some(&plain), state.step, &stage.tmp, &mut tb)?;
             }
+            staged = Some(stage);
         }
         tb.scalars(step, &scalars)?;
         writeln!(metrics, "{record}")
             .and_then(|_| metrics.flush())
             .with_context(|| format!("cannot write {}", metrics_path.display()))?;
+        if let Some(stage) = staged {
+            crash_point("staged", state.step);
+            last_checkpoint = checkpoint::commit(run, stage, recipe.checkpoint.keep_last)?;
+            crash_point("committed", state.step);
+        }
+
         bar.set_message(match last_shift {
             Some(s) => format!("loss {loss_sum:.3} shift {s:+.2} {tokens_per_sec:.0} tok/s"),
             None => format!("loss {loss_sum:.3} {tokens_per_sec:.0} tok/s"),
@@ -286,11 +340,35 @@ pub fn train(recipe: &Recipe, resume: bool) -> Result<TrainOutcome> {
     }
     bar.finish();
     Ok(TrainOutcome {
-        run_dir: run,
+        run_dir: run.to_path_buf(),
         steps: state.step,
+        steps_run: state.step - first_step,
         last_loss,
         last_checkpoint,
     })
+}
+
+/// Test hook for the resume tests: `PERSONA_TRAIN_CRASH_AT=<point>:<step>` aborts the process
+/// there, as `kill -9` would (nothing flushed, nothing cleaned up), so a test can interrupt a run
+/// between two particular writes.
+fn crash_point(point: &str, step: usize) {
+    if std::env::var("PERSONA_TRAIN_CRASH_AT").is_ok_and(|v| v == format!("{point}:{step}")) {
+        std::process::abort();
+    }
+}
+
+/// Refuses to checkpoint adapters that hold NaN or infinite values.
+fn ensure_adapters_finite(adapters: &Adapters, step: usize) -> Result<()> {
+    for (layer, target, pair) in adapters.iter() {
+        for (name, t) in [("lora_A", &pair.a), ("lora_B", &pair.b)] {
+            anyhow::ensure!(
+                t.clone().is_finite().all().into_scalar::<bool>(),
+                "step {step}: layer {layer} {} {name} holds non-finite values; no checkpoint was written (lower optim.lr?)",
+                target.module_name()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The result of one optimizer step.
@@ -314,13 +392,13 @@ pub fn optimizer_step(
     optimizer: &mut AdamW,
     lr: f64,
     cfg: &crate::recipe::OptimConfig,
-) -> StepResult {
+) -> Result<StepResult> {
     let targets: usize = micro.iter().map(Batch::num_targets).sum();
     let current = params(&adapters);
     let mut grads: Option<Vec<Tensor<2>>> = None;
     let mut loss = 0.0;
     for batch in micro {
-        let nll = loss::nll_sum(model, &adapters, steering, batch);
+        let nll = loss::nll_sum(model, &adapters, steering, batch)?;
         let part = nll / targets.max(1) as f32;
         let g = part.backward();
         loss += part.inner().into_scalar::<f32>() as f64;
@@ -339,6 +417,11 @@ pub fn optimizer_step(
     }
     let grads = grads.expect("at least one micro-batch");
     let grad_norm = optim::global_norm(&grads);
+    // Checked before the update, so a bad step never reaches the adapters or the moments.
+    anyhow::ensure!(
+        loss.is_finite() && grad_norm.is_finite(),
+        "the loss is {loss} and the gradient norm {grad_norm} (lower optim.lr, check the data and the steering vector)"
+    );
     let grads = optim::clip(grads, grad_norm, cfg.grad_clip);
     let updated = optimizer.update(
         current.into_iter().map(Tensor::inner).collect(),
@@ -354,11 +437,11 @@ pub fn optimizer_step(
             .autodiff()
             .require_grad()
     });
-    StepResult {
+    Ok(StepResult {
         adapters,
         loss,
         grad_norm,
-    }
+    })
 }
 
 /// The adapter matrices in [`Adapters::iter`] order, `A` then `B` of each.
@@ -381,16 +464,16 @@ fn validation_loss(
     adapters: &Adapters,
     val: &[Example],
     batch_size: usize,
-) -> f64 {
+) -> Result<f64> {
     let device = lm.model.device();
     let (mut nll, mut n) = (0.0, 0);
     for chunk in val.chunks(batch_size) {
         let refs: Vec<&Example> = chunk.iter().collect();
         let batch = Batch::new(&refs, &device);
         n += batch.num_targets();
-        nll += loss::nll_sum(&lm.model, adapters, None, &batch).into_scalar::<f32>() as f64;
+        nll += loss::nll_sum(&lm.model, adapters, None, &batch)?.into_scalar::<f32>() as f64;
     }
-    nll / n.max(1) as f64
+    Ok(nll / n.max(1) as f64)
 }
 
 fn vector_path(recipe: &Recipe) -> PathBuf {
@@ -524,20 +607,34 @@ pub fn build_monitor(
     )
 }
 
-/// Drops metric lines past `step`: they belong to an interrupted run resumed from `step`.
-fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
+/// Keeps the lines of a JSONL history whose `step` passes `keep` (rewritten atomically, so an
+/// interruption leaves the old file or the new one).
+fn truncate_history(path: &Path, keep: impl Fn(u64) -> bool) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     let kept: String = text
         .lines()
-        .filter(|line| {
-            serde_json::from_str::<serde_json::Value>(line)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s as usize <= step)
-        })
+        .filter(|line| record_step(line).is_some_and(&keep))
         .map(|l| format!("{l}\n"))
         .collect();
-    std::fs::write(path, kept).with_context(|| format!("cannot rewrite {}", path.display()))
+    if kept != text {
+        crate::atomic::write(path, kept)?;
+    }
+    Ok(())
+}
+
+fn record_step(line: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(line).ok()?["step"].as_u64()
+}
+
+/// The loss metrics.jsonl records for `step`.
+fn recorded_loss(path: &Path, step: usize) -> Option<f64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().rev().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        (v["step"].as_u64()? == step as u64).then(|| v["loss"].as_f64())?
+    })
 }

@@ -9,7 +9,7 @@ use crate::generate::{generate, Sampling};
 use crate::lora::Adapters;
 use crate::model::{CausalLm, ForwardInput, LogitsFor};
 use crate::tokenizer::{ChatMessage, Tokenizer};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -77,8 +77,7 @@ impl Monitor {
                     .iter()
                     .map(|p| serde_json::to_string(p).map(|s| s + "\n"))
                     .collect::<serde_json::Result<String>>()?;
-                std::fs::write(cache, text)
-                    .with_context(|| format!("cannot write {}", cache.display()))?;
+                crate::atomic::write(cache, text)?;
                 probes
             }
         };
@@ -104,7 +103,7 @@ impl Monitor {
         let seq = self.probes.iter().map(|p| p.ids.len()).max().unwrap_or(0);
         let ids: Vec<&[u32]> = self.probes.iter().map(|p| p.ids.as_slice()).collect();
         let input = ForwardInput::right_padded(&ids, &device);
-        let out = model.forward(&input, None, adapters, None, LogitsFor::None, true);
+        let out = model.forward(&input, None, adapters, None, LogitsFor::None, true)?;
         let mut result = Projections {
             prompt_last: Vec::new(),
             response_avg: Vec::new(),

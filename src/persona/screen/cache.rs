@@ -165,8 +165,7 @@ impl AnswerCache {
             .with_context(|| format!("cannot create cache directory {}", dir.display()))?;
         let meta_path = dir.join(format!("{key}.meta.json"));
         if !meta_path.exists() {
-            std::fs::write(&meta_path, serde_json::to_string_pretty(&meta)?)
-                .with_context(|| format!("cannot write {}", meta_path.display()))?;
+            crate::atomic::write_json(&meta_path, &meta)?;
         }
         let path = dir.join(format!("{key}.jsonl"));
         let mut answers = HashMap::new();

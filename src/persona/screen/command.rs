@@ -6,9 +6,9 @@ use super::{
 };
 use crate::cli::ModelArgs;
 use crate::persona::vector::TraitDirection;
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct ScreenArgs {
@@ -162,7 +162,7 @@ pub fn run(a: ScreenArgs) -> Result<()> {
         text += &serde_json::to_string(&line)?;
         text.push('\n');
     }
-    write_file(&a.out, text.as_bytes())?;
+    crate::atomic::write(&a.out, text.as_bytes())?;
 
     let mut summaries = Vec::new();
     let mut at = 0;
@@ -185,7 +185,7 @@ pub fn run(a: ScreenArgs) -> Result<()> {
         cached: screened.cached,
         datasets: &summaries,
     };
-    write_file(
+    crate::atomic::write(
         &summary_path,
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;
@@ -235,7 +235,7 @@ pub fn run(a: ScreenArgs) -> Result<()> {
             .filter(|(_, &d)| !d)
             .map(|(s, _)| format!("{}\n", s.raw))
             .collect();
-        write_file(path, kept.as_bytes())?;
+        crate::atomic::write(path, kept.as_bytes())?;
         let n = dropped.iter().filter(|&&d| d).count();
         println!(
             "dropped {n} of {} samples; {} kept in {}",
@@ -247,12 +247,7 @@ pub fn run(a: ScreenArgs) -> Result<()> {
     Ok(())
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
-}
+
 
 /// The printed side-by-side table.
 fn table(datasets: &[Dataset], summaries: &[DatasetSummary], generated: bool) -> String {

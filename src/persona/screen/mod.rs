@@ -30,8 +30,9 @@ use crate::generate::{generate, Sampling};
 use crate::loader::LoadedModel;
 use crate::lora::Adapters;
 use crate::model::{CausalLm, ForwardInput, LogitsFor};
-use crate::persona::extract::progress;
 use crate::persona::vector::TraitDirection;
+use crate::progress::Progress;
+use crate::tokenizer::chat::parse_chat_line;
 use crate::tokenizer::ChatMessage;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -86,10 +87,6 @@ impl Dataset {
     /// Reads `{"messages": [...]}` lines (the first `limit` chats when given); errors name the
     /// file and line.
     pub fn read(path: &Path, limit: Option<usize>) -> Result<Self> {
-        #[derive(Deserialize)]
-        struct Row {
-            messages: Vec<ChatMessage>,
-        }
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read data file {}", path.display()))?;
         let mut samples = Vec::new();
@@ -102,21 +99,8 @@ impl Dataset {
                 continue;
             }
             let at = || format!("{}:{line}", path.display());
-            let row: Row = serde_json::from_str(raw).with_context(|| {
-                format!(
-                    "{}: expected {{\"messages\": [{{\"role\": ..., \"content\": ...}}, ...]}}",
-                    at()
-                )
-            })?;
-            for (j, m) in row.messages.iter().enumerate() {
-                ensure!(
-                    matches!(m.role.as_str(), "system" | "user" | "assistant"),
-                    "{}: messages[{j}].role is {:?} (expected system, user or assistant)",
-                    at(),
-                    m.role
-                );
-            }
-            let Some(last) = row.messages.iter().rposition(|m| m.role == "assistant") else {
+            let messages = parse_chat_line(raw).with_context(at)?;
+            let Some(last) = messages.iter().rposition(|m| m.role == "assistant") else {
                 bail!("{}: no assistant message, so no response to screen", at());
             };
             ensure!(
@@ -125,15 +109,15 @@ impl Dataset {
                 at()
             );
             ensure!(
-                !row.messages[last].content.trim().is_empty(),
+                !messages[last].content.trim().is_empty(),
                 "{}: the last assistant message is empty",
                 at()
             );
             samples.push(Sample {
                 line,
                 raw: raw.to_owned(),
-                response: row.messages[last].content.clone(),
-                prompt: row.messages[..last].to_vec(),
+                response: messages[last].content.clone(),
+                prompt: messages[..last].to_vec(),
             });
         }
         ensure!(!samples.is_empty(), "{}: no chats", path.display());
@@ -210,7 +194,7 @@ pub fn span_projections(
         None,
         LogitsFor::None,
         true,
-    );
+    )?;
     let mut states: BTreeMap<usize, (Vec<f32>, usize, usize)> = BTreeMap::new();
     for d in directions {
         ensure!(
@@ -383,7 +367,7 @@ pub fn score_directions(
         }
         // Similar lengths together: less padding.
         todo.sort_by_key(Vec::len);
-        let bar = progress(todo.len() as u64, "base answers");
+        let bar = Progress::new(todo.len() as u64, "base answers");
         for chunk in todo.chunks(cfg.batch_size) {
             let out = generate(&m.model, None, chunk, tok.stop_ids(), pad, &sampling, None)?;
             for (p, a) in chunk.iter().zip(out) {
@@ -483,7 +467,7 @@ fn measure(
         }
     }
     todo.sort_by_key(|&i| seqs[i].ids.len());
-    let bar = progress(todo.len() as u64, "projections");
+    let bar = Progress::new(todo.len() as u64, "projections");
     for chunk in todo.chunks(batch_size) {
         let batch: Vec<Teacher> = chunk.iter().map(|&i| seqs[i].clone()).collect();
         let p = span_projections(&m.model, None, &batch, directions)?;
