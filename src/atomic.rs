@@ -8,7 +8,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Replaces `path` with `bytes`, creating its parent directory when missing.
+/// Replaces `path` with `bytes`. The directory must exist: a mistyped output path is an error,
+/// not a new directory tree.
 pub fn write(path: &Path, bytes: impl AsRef<[u8]>) -> Result<()> {
     write_with(path, |f| f.write_all(bytes.as_ref()))
 }
@@ -22,34 +23,38 @@ pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
 
 /// Replaces `path` with what `fill` writes (for writers that stream).
 pub fn write_with(path: &Path, fill: impl FnOnce(&mut File) -> std::io::Result<()>) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let tmp = temp_path(path);
-    let written = File::create(&tmp).and_then(|mut f| {
-        fill(&mut f)?;
-        f.sync_all()
-    });
-    let result = written
-        .with_context(|| format!("cannot write {}", path.display()))
-        .and_then(|()| {
-            fs::rename(&tmp, path).with_context(|| {
-                format!("cannot move {} to {}", tmp.display(), path.display())
+    write_to_path(path, |tmp| {
+        File::create(tmp)
+            .and_then(|mut f| {
+                fill(&mut f)?;
+                f.sync_all()
             })
-        });
+            .with_context(|| format!("cannot write {}", path.display()))
+    })
+}
+
+/// Replaces `path` with the file `fill` writes at the temporary path it is given, for writers
+/// that open files themselves (plotters). The temporary name keeps `path`'s extension, which
+/// such writers may read the format from.
+pub fn write_to_path(path: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = temp_path(path);
+    let result = fill(&tmp).and_then(|()| {
+        fs::rename(&tmp, path)
+            .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+    });
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result
 }
 
-/// A hidden name beside `path`, unique per process and call, so concurrent writers of one path
-/// never share a temporary file.
+/// A hidden name beside `path`, unique per process and call (so concurrent writers of one path
+/// never share a temporary file), ending in `path`'s own name.
 fn temp_path(path: &Path) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     path.with_file_name(format!(
-        ".{name}.tmp-{}-{}",
+        ".tmp-{}-{}-{name}",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ))
@@ -62,12 +67,13 @@ mod tests {
     #[test]
     fn replaces_the_file_and_leaves_no_temporary() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/a.json");
+        let path = dir.path().join("a.json");
         write(&path, "old").unwrap();
         write_json(&path, &serde_json::json!({"x": 1})).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "{\n  \"x\": 1\n}\n");
-        let names: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().collect();
-        assert_eq!(names.len(), 1);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        let missing = dir.path().join("no/such/dir/a.json");
+        assert!(format!("{:#}", write(&missing, "x").unwrap_err()).contains("no/such/dir"));
     }
 
     #[test]

@@ -51,7 +51,12 @@ const PALETTE: [RGBColor; 10] = [
 const MAX_MARKED_POINTS: usize = 40;
 
 impl LineChart {
+    /// Draws the chart to `path` (PNG), atomically.
     pub fn save_png(&self, path: &Path) -> Result<()> {
+        crate::atomic::write_to_path(path, |tmp| self.draw_png(tmp, path))
+    }
+
+    fn draw_png(&self, file: &Path, path: &Path) -> Result<()> {
         register_font();
         let points = || self.series.iter().flat_map(|s| &s.points);
         ensure!(
@@ -66,7 +71,7 @@ impl LineChart {
             .unwrap_or_else(|| padded(points().map(|p| p.1), 0.05));
         let err = |e: &dyn std::fmt::Display| anyhow!("cannot draw {}: {e}", path.display());
 
-        let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+        let root = BitMapBackend::new(file, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
         let mut chart = ChartBuilder::on(&root)
             .caption(&self.title, ("sans-serif", 24))
@@ -151,7 +156,12 @@ impl Histogram {
         counts.into_iter().map(|c| c as f64 / n).collect()
     }
 
+    /// Draws the histograms to `path` (PNG), atomically.
     pub fn save_png(&self, path: &Path) -> Result<()> {
+        crate::atomic::write_to_path(path, |tmp| self.draw_png(tmp, path))
+    }
+
+    fn draw_png(&self, file: &Path, path: &Path) -> Result<()> {
         register_font();
         ensure!(self.bins > 0, "a histogram needs at least one bin");
         let all = || {
@@ -176,7 +186,7 @@ impl Histogram {
         let width = (x.end - x.start) / self.bins as f64;
         let err = |e: &dyn std::fmt::Display| anyhow!("cannot draw {}: {e}", path.display());
 
-        let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+        let root = BitMapBackend::new(file, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
         let mut chart = ChartBuilder::on(&root)
             .caption(&self.title, ("sans-serif", 24))

@@ -165,6 +165,9 @@ impl TraitArtifacts {
 
     /// Writes pretty JSON, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
         crate::atomic::write_json(path, self)
     }
 

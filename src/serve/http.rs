@@ -256,13 +256,6 @@ fn prepare(
             "messages",
         ));
     }
-    let vocab = app.model_config.vocab_size;
-    if let Some(bad) = prompt.iter().find(|&&id| id as usize >= vocab) {
-        return Err(ApiError::invalid(
-            format!("the prompt encodes to token id {bad}, outside the model's vocabulary of {vocab} tokens"),
-            "messages",
-        ));
-    }
     let context = app.model_config.max_position_embeddings;
     let room = context.saturating_sub(prompt.len());
     let max_tokens = match r.max_completion_tokens.or(r.max_tokens) {

@@ -6,7 +6,7 @@ use super::{
 };
 use crate::cli::ModelArgs;
 use crate::persona::vector::TraitDirection;
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -162,6 +162,7 @@ pub fn run(a: ScreenArgs) -> Result<()> {
         text += &serde_json::to_string(&line)?;
         text.push('\n');
     }
+    create_parent(&a.out)?;
     crate::atomic::write(&a.out, text.as_bytes())?;
 
     let mut summaries = Vec::new();
@@ -235,6 +236,7 @@ pub fn run(a: ScreenArgs) -> Result<()> {
             .filter(|(_, &d)| !d)
             .map(|(s, _)| format!("{}\n", s.raw))
             .collect();
+        create_parent(path)?;
         crate::atomic::write(path, kept.as_bytes())?;
         let n = dropped.iter().filter(|&&d| d).count();
         println!(
@@ -281,4 +283,13 @@ fn table(datasets: &[Dataset], summaries: &[DatasetSummary], generated: bool) ->
         out += "(--no-generate: no base answers, so no ΔP; ranked by the proxy)\n";
     }
     out.trim_end().to_owned()
+}
+
+/// Output paths may name a directory that does not exist yet (`--out screen/ranked.jsonl`).
+fn create_parent(path: &std::path::Path) -> Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create {}", dir.display())),
+        None => Ok(()),
+    }
 }
