@@ -26,6 +26,11 @@ const MAX_ARRAY_DEPTH: usize = 8;
 /// name length + n_dims + type + offset.
 const MIN_KV_SIZE: usize = 8 + 4 + 1;
 const MIN_TENSOR_INFO_SIZE: usize = 8 + 4 + 4 + 8;
+/// Elements reserved up front for a list. The sizes above bound a count by the bytes left in the
+/// file, but an element takes more memory than file (a u8 array element: 1 byte, as a `Value`
+/// 32), so in a multi-gigabyte model a corrupt count could still reserve tens of gigabytes;
+/// beyond this, lists grow only as their elements actually parse.
+const MAX_PREALLOCATED: usize = 4096;
 
 /// A metadata value, as stored in the file.
 #[derive(Debug, Clone, PartialEq)]
@@ -454,8 +459,8 @@ impl Header {
             ),
         };
 
-        let mut tensors = Vec::with_capacity(n_tensors);
-        let mut index = HashMap::with_capacity(n_tensors);
+        let mut tensors = Vec::with_capacity(n_tensors.min(MAX_PREALLOCATED));
+        let mut index = HashMap::with_capacity(n_tensors.min(MAX_PREALLOCATED));
         for i in 0..n_tensors {
             let name = r
                 .string()
@@ -561,7 +566,9 @@ impl<'a> Reader<'a> {
                     self.buf.len()
                 )
             })?;
-        String::from_utf8(bytes.to_vec())
+        // Checked in place: a corrupt length may span gigabytes of tensor data.
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
             .map_err(|e| anyhow!("string at offset {start} is not valid UTF-8: {e}"))
     }
 
@@ -586,7 +593,7 @@ impl<'a> Reader<'a> {
                 }
                 let elem_ty = self.u32()?;
                 let n = self.count("array length", min_value_size(elem_ty)?)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(n.min(MAX_PREALLOCATED));
                 for i in 0..n {
                     let item = self
                         .value(elem_ty, depth + 1)

@@ -77,7 +77,20 @@ fn shard_files(index_path: &Path) -> Result<Vec<PathBuf>> {
     files.sort();
     files.dedup();
     let dir = index_path.parent().unwrap_or(Path::new("."));
-    Ok(files.into_iter().map(|f| dir.join(f)).collect())
+    files
+        .into_iter()
+        .map(|f| {
+            // Shards sit next to the index; a path that leads elsewhere ("/", "../x") would
+            // have some unrelated file read as weights.
+            let plain_name = Path::new(&f).file_name().is_some_and(|n| n == f.as_str());
+            anyhow::ensure!(
+                plain_name,
+                "{}: field weight_map names {f:?}, which is not a file name in the model directory",
+                index_path.display()
+            );
+            Ok(dir.join(f))
+        })
+        .collect()
 }
 
 impl ParamSource for SafetensorsParams {
