@@ -250,7 +250,7 @@ impl Adapters {
     pub fn delta(&self, layer: usize, target: Target, x: Tensor<3>) -> Option<Tensor<3>> {
         let pair = self.get(layer, target)?;
         let [b, t, d_in] = x.dims();
-        let mut x = x.reshape([b * t, d_in]);
+        let mut x = x.reshape([b * t, d_in]).cast(pair.a.dtype());
         let p = self.config.dropout;
         if self.dropout_active && p > 0.0 {
             let keep = Tensor::<2>::random(

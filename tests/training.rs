@@ -1,6 +1,6 @@
 //! One training step on tiny-llama against transformers + PEFT (tests/fixtures/golden_training.py):
 //! the loss and every LoRA gradient with each steering mode, rsLoRA scaling, and two clipped AdamW
-//! steps.
+//! steps; and the bf16 model with PEFT's mixed precision (tests/fixtures/golden_bf16.py).
 
 mod common;
 
@@ -19,10 +19,14 @@ use std::collections::HashMap;
 const TOL: f64 = 1e-4;
 
 fn setup() -> (Golden, CausalLm, Device) {
+    setup_in(DType::F32)
+}
+
+fn setup_in(dtype: DType) -> (Golden, CausalLm, Device) {
     let g = read_golden(&fixture("training/golden.safetensors"));
     let device = Device::flex();
     let model =
-        persona_train::loader::load_hf_model(&fixture("tiny-llama"), &device, DType::F32).unwrap();
+        persona_train::loader::load_hf_model(&fixture("tiny-llama"), &device, dtype).unwrap();
     (g, model, device)
 }
 
@@ -269,4 +273,102 @@ fn peft_adapters_load_and_match_peft_logits() {
         let back = Adapters::load_peft(tmp.path(), model.config(), &device).unwrap();
         assert_eq!(back.config, adapters.config);
     }
+}
+
+/// bf16 rounding differs between any two implementations, so a bf16 result is held to
+/// transformers' own bf16 error `e` (its bf16 result against its f32 one): persona-train's bf16
+/// result must be as close to the f32 reference (within `1.5 e`) and near transformers' bf16 one
+/// (two results each about `e` from f32 are up to about `2 e` apart: within `2.5 e`).
+fn check_bf16(what: &str, ours: &[f32], bf16: &[f32], f32_: &[f32]) -> (f64, f64, f64) {
+    let scale = rel_err(bf16, f32_);
+    let (vs_f32, vs_bf16) = (rel_err(ours, f32_), rel_err(ours, bf16));
+    assert!(
+        vs_f32 <= 1.5 * scale && vs_bf16 <= 2.5 * scale,
+        "{what}: rel err {vs_f32:.2e} from f32 and {vs_bf16:.2e} from transformers' bf16, whose own error vs f32 is {scale:.2e}"
+    );
+    (vs_f32, vs_bf16, scale)
+}
+
+#[test]
+fn bf16_forward_matches_transformers_bf16() {
+    let (g, model, device) = setup_in(DType::BF16);
+    let b16 = read_golden(&fixture("bf16/golden.safetensors"));
+    let exs = examples(&g);
+    let batch = Batch::new(&exs.iter().collect::<Vec<_>>(), &device);
+    let out = model
+        .forward(&batch.input, None, None, None, persona_train::model::LogitsFor::All, true)
+        .unwrap();
+    let (_, mask) = g.i64("attention_mask");
+    let real = |v: Vec<f32>, width: usize| -> Vec<f32> {
+        v.chunks(width)
+            .zip(mask.iter())
+            .filter(|(_, &m)| m == 1)
+            .flat_map(|(c, _)| c.to_vec())
+            .collect()
+    };
+    let pick = |name: &str, width: usize| real(b16.f32(name).1.clone(), width);
+    let logits = common::to_vec(out.logits.unwrap());
+    let (err, _, scale) = check_bf16(
+        "logits",
+        &real(logits, 256),
+        &pick("bf16.logits", 256),
+        &pick("f32.logits", 256),
+    );
+    println!("bf16 logits: rel err {err:.2e} vs f32 (transformers' bf16: {scale:.2e})");
+    for (i, h) in out.hidden_states.into_iter().enumerate() {
+        let name = format!("hidden state {i}");
+        let ours = real(common::to_vec(h), 64);
+        let (err, _, scale) = check_bf16(
+            &name,
+            &ours,
+            &pick(&format!("bf16.hidden.{i}"), 64),
+            &pick(&format!("f32.hidden.{i}"), 64),
+        );
+        println!("bf16 {name}: rel err {err:.2e} vs f32 (transformers' bf16: {scale:.2e})");
+    }
+}
+
+/// Base weights in bf16, adapters, gradients and loss in f32, as PEFT trains a bf16 model.
+fn check_bf16_step(case: &str, steering: Option<Steering>) {
+    let (g, model, device) = setup_in(DType::BF16);
+    let b16 = read_golden(&fixture("bf16/golden.safetensors"));
+    let adapters = init_adapters(&g, &model, false, &device);
+    let exs = examples(&g);
+    let batch = Batch::new(&exs.iter().collect::<Vec<_>>(), &device);
+    let loss = nll_sum(&model, &adapters, steering.as_ref(), &batch).unwrap()
+        / batch.num_targets() as f32;
+    let grads = loss.backward();
+    let got = loss.inner().into_scalar::<f32>();
+    let (want, want_f32) = (
+        b16.f32(&format!("{case}.loss")).1[0],
+        g.f32(&format!("{case}.loss")).1[0],
+    );
+    check_bf16(&format!("{case} loss"), &[got], &[want], &[want_f32]);
+    // All 42 gradients as one vector: single small matrices are too noisy in bf16 to judge alone.
+    let (mut ours, mut theirs, mut exact) = (Vec::new(), Vec::new(), Vec::new());
+    for (key, p) in peft_keys(&adapters).iter().zip(params(&adapters)) {
+        let grad = p.grad(&grads).expect("an f32 gradient for every adapter");
+        assert_eq!(grad.dtype(), DType::F32, "{case}: {key}");
+        ours.extend(peft_layout(grad));
+        theirs.extend_from_slice(&b16.f32(&format!("{case}.grad.{key}")).1);
+        exact.extend_from_slice(&g.f32(&format!("{case}.grad.{key}")).1);
+    }
+    let (vs_f32, vs_bf16, scale) =
+        check_bf16(&format!("{case} gradients"), &ours, &theirs, &exact);
+    println!(
+        "bf16 {case}: loss {got} (PEFT bf16 {want}, f32 {want_f32}); gradients rel err {vs_f32:.2e} vs f32, {vs_bf16:.2e} vs PEFT bf16 (PEFT's own bf16 vs f32: {scale:.2e})"
+    );
+}
+
+#[test]
+fn bf16_step_off_matches_peft_mixed_precision() {
+    check_bf16_step("off", None);
+}
+
+#[test]
+fn bf16_step_all_layers_matches_peft_mixed_precision() {
+    check_bf16_step(
+        "all_layers",
+        Some(steer(SteerLayers::All, 2.0, Positions::All)),
+    );
 }

@@ -6,6 +6,7 @@ use crate::model::{CausalLm, ForwardInput, LogitsFor};
 use crate::steering::Steering;
 use anyhow::{ensure, Result};
 use burn::tensor::activation::log_softmax;
+use burn::tensor::DType;
 
 /// Log-probabilities over the vocabulary of the token after each prompt (`[prompts][vocab]`),
 /// through `adapters` and inference-time `steering` (at every token) when given. Prompts are
@@ -28,7 +29,7 @@ pub fn next_token_logprobs(
             .logits
             .expect("LogitsFor::Last returns logits");
         let b = chunk.len();
-        let lp: Vec<f32> = log_softmax(logits.reshape([b, vocab]), 1)
+        let lp: Vec<f32> = log_softmax(logits.reshape([b, vocab]).cast(DType::F32), 1)
             .into_data()
             .convert::<f32>()
             .try_into_vec()?;
@@ -67,7 +68,7 @@ pub fn continuation_logprobs(
             .forward(&input, None, adapters, iv.as_ref(), LogitsFor::All, false)?
             .logits
             .expect("LogitsFor::All returns logits");
-        let lp: Vec<f32> = log_softmax(logits, 2)
+        let lp: Vec<f32> = log_softmax(logits.cast(DType::F32), 2)
             .into_data()
             .convert::<f32>()
             .try_into_vec()?;

@@ -148,22 +148,22 @@ pub struct Intervention {
 
 impl Intervention {
     pub(crate) fn apply(&self, block: usize, x: Tensor<3>) -> Tensor<3> {
+        // Vectors are f32; they act in the activations' dtype (bf16 models).
+        let dtype = x.dtype();
         let gate = |t: Tensor<3>| match &self.positions {
-            Some(p) => p.clone().unsqueeze_dim::<3>(2) * t,
+            Some(p) => p.clone().cast(dtype).unsqueeze_dim::<3>(2) * t,
             None => t,
         };
         let mut x = x;
         if let Some(Some(u)) = self.block_ablate.get(block) {
             let [b, t, h] = x.dims();
-            let along = x
-                .clone()
-                .reshape([b * t, h])
-                .matmul(u.clone().reshape([h, 1]));
-            let component = along.reshape([b, t, 1]) * u.clone().unsqueeze::<3>();
+            let u = u.clone().cast(dtype);
+            let along = x.clone().reshape([b * t, h]).matmul(u.clone().reshape([h, 1]));
+            let component = along.reshape([b, t, 1]) * u.unsqueeze::<3>();
             x = x - gate(component);
         }
         if let Some(Some(v)) = self.block_adds.get(block) {
-            x = x + gate(v.clone().unsqueeze_dim::<3>(1));
+            x = x + gate(v.clone().cast(dtype).unsqueeze_dim::<3>(1));
         }
         x
     }

@@ -26,11 +26,18 @@ pub struct Mlp {
 type BlockAdapters<'a> = Option<(&'a Adapters, usize)>;
 
 /// `x·W (+ b)`, plus the block's adapter on `target` when there is one.
+///
+/// Mixed precision as PEFT does it: the adapter runs in its own dtype (f32), the base output is
+/// added to it in that dtype and the sum cast back to the base dtype.
 fn project(linear: &Linear, x: Tensor<3>, lora: BlockAdapters, target: Target) -> Tensor<3> {
     let delta = lora.and_then(|(adapters, layer)| adapters.delta(layer, target, x.clone()));
     let y = linear.forward(x);
     match delta {
-        Some(d) => y + d,
+        Some(d) if d.dtype() == y.dtype() => y + d,
+        Some(d) => {
+            let dtype = y.dtype();
+            (y.cast(d.dtype()) + d).cast(dtype)
+        }
         None => y,
     }
 }
@@ -141,6 +148,11 @@ impl CausalLm {
 
     pub fn device(&self) -> Device {
         self.model.embed_tokens.weight.val().device()
+    }
+
+    /// The dtype the base weights and activations are in.
+    pub fn dtype(&self) -> DType {
+        self.model.embed_tokens.weight.val().dtype()
     }
 
     /// Builds the model from named parameters in the Hugging Face layout, cast to `dtype`.
@@ -269,7 +281,9 @@ impl CausalLm {
         let device = self.device();
         let [b, t] = input.input_ids.dims();
         let past = cache.as_ref().map_or(0, |c| c.len());
+        // Angles in f32 on the host, then in the activations' dtype, as transformers does.
         let (cos, sin) = self.rope.tables(&input.positions, &device);
+        let (cos, sin) = (cos.cast(self.dtype()), sin.cast(self.dtype()));
         let mask = attention_mask(input, past, self.config.num_heads, &device);
 
         let mut x = self.model.embed_tokens.forward(input.input_ids.clone());

@@ -7,7 +7,7 @@ use crate::model::{CausalLm, ForwardInput, LogitsFor};
 use crate::steering::{Positions, Steering};
 use anyhow::Result;
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 /// A right-padded batch of examples.
 pub struct Batch {
@@ -109,9 +109,11 @@ pub fn nll_sum(
     // Only positions that predict a target go through the output head: prompts are usually most
     // of a chat, and the head is the largest matmul.
     let rows = last.reshape([batch.rows * batch.seq, h]).select(0, at);
+    // The loss is taken in f32 whatever the model's dtype (transformers upcasts the logits).
     let logits = model
         .head(rows.unsqueeze::<3>())
-        .reshape([n, model.config().vocab_size]);
+        .reshape([n, model.config().vocab_size])
+        .cast(DType::F32);
     let ids = Tensor::<2, Int>::from_data(TensorData::new(batch.predict.clone(), [n, 1]), &device);
     Ok(log_softmax(logits, 1).gather(1, ids).sum().neg())
 }
