@@ -3,7 +3,7 @@
 //! batch 4 x 256 random tokens (all of them targets), AdamW; tokens/s = batch·seq·steps / time
 //! over the timed steps (the first step is warmup).
 //!
-//! `cargo run --release --example bench_train -- [--steps N] [--steer] [--monitor]`
+//! `cargo run --release --example bench_train -- [--steps N] [--steer] [--monitor] [--checkpointing]`
 //! `--steer` adds all-layer preventative steering (random vector, coef 1); `--monitor` also runs
 //! the per-step probe (20 prompts of the sycophancy artifacts) after every step.
 
@@ -17,7 +17,8 @@ use persona_train::steering::{Positions, SteerLayers, Steering};
 use persona_train::train::loss::Batch;
 use persona_train::train::monitor::Monitor;
 use persona_train::train::optim::AdamW;
-use persona_train::train::{inference, optimizer_step, params};
+use persona_train::train::memory::MemoryEstimate;
+use persona_train::train::{inference, optimizer_step, params, trainable};
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
@@ -92,10 +93,13 @@ fn main() -> anyhow::Result<()> {
     let lora = LoraConfig::default();
     let cfg = OptimConfig {
         lr: 1e-4,
+        gradient_checkpointing: flag("--checkpointing"),
         ..OptimConfig::default()
     };
-    let mut adapters =
-        Adapters::init(&lora, &c, 0, &device)?.map(|_, _, _, t| t.autodiff().require_grad());
+    let mut adapters = Adapters::init(&lora, &c, 0, &device)?.map(|_, _, _, t| trainable(t, &cfg));
+    let estimate =
+        MemoryEstimate::new(&c, m.model.dtype(), &adapters, batch, seq, batch * (seq - 1));
+    eprintln!("{}", estimate.describe());
     let mut optimizer = AdamW::new(&params(&adapters));
     let mut timed = 0.0;
     let mut losses = Vec::new();

@@ -100,6 +100,9 @@ pub struct OptimConfig {
     pub max_steps: Option<usize>,
     /// Seeds adapter initialisation and dropout.
     pub seed: u64,
+    /// Recompute memory-bound activations in the backward pass instead of keeping them (burn's
+    /// balanced checkpointing): less memory for long sequences and large models, more compute.
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for OptimConfig {
@@ -117,6 +120,7 @@ impl Default for OptimConfig {
             epochs: 1,
             max_steps: None,
             seed: 0,
+            gradient_checkpointing: false,
         }
     }
 }

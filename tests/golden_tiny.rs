@@ -3,7 +3,7 @@
 
 mod common;
 
-use burn::tensor::{DType, Device};
+use burn::tensor::DType;
 use common::{fixture, read_golden, rel_err, to_vec};
 use persona_train::generate::{generate, Sampling};
 use persona_train::loader::load_hf_model;
@@ -13,7 +13,7 @@ const TOL: f64 = 1e-4;
 
 fn load(name: &str) -> (CausalLm, common::Golden) {
     let dir = fixture(name);
-    let model = load_hf_model(&dir, &Device::flex(), DType::F32).unwrap();
+    let model = load_hf_model(&dir, &common::device(), DType::F32).unwrap();
     (model, read_golden(&dir.join("golden.safetensors")))
 }
 
@@ -209,7 +209,7 @@ fn kv_cache_equals_full_forward() {
 #[test]
 fn extraction_averages_and_vectors_match_transformers() {
     use persona_train::persona::extract::{activation_averages, mean_difference};
-    let model = load_hf_model(&fixture("tiny-llama"), &Device::flex(), DType::F32).unwrap();
+    let model = load_hf_model(&fixture("tiny-llama"), &common::device(), DType::F32).unwrap();
     let g = read_golden(&fixture("extraction/golden.safetensors"));
     let mut acts = std::collections::HashMap::new();
     for pol in ["pos", "neg"] {

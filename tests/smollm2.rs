@@ -4,7 +4,7 @@
 
 mod common;
 
-use burn::tensor::{DType, Device};
+use burn::tensor::DType;
 use common::{fixture, read_golden, rel_err, to_vec};
 use persona_train::generate::{generate, Sampling};
 use persona_train::loader::{load, LoadedModel};
@@ -16,7 +16,7 @@ fn smollm2() -> &'static LoadedModel {
     static MODEL: OnceLock<LoadedModel> = OnceLock::new();
     MODEL.get_or_init(|| {
         let files = persona_train::source::resolve_default().expect("fetching the default model");
-        load(&files, &Device::flex(), DType::F32).expect("loading the default model")
+        load(&files, &common::device(), DType::F32).expect("loading the default model")
     })
 }
 

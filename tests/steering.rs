@@ -3,7 +3,7 @@
 
 mod common;
 
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use common::{fixture, read_golden, rel_err, to_vec};
 use persona_train::generate::{argmax, generate, Sampling};
 use persona_train::loader::load_hf_model;
@@ -11,7 +11,7 @@ use persona_train::model::{CausalLm, ForwardInput, LogitsFor};
 use persona_train::steering::{Positions, SteerLayers, Steering};
 
 fn setup() -> (CausalLm, common::Golden, Vec<Vec<f32>>) {
-    let model = load_hf_model(&fixture("tiny-llama"), &Device::flex(), DType::F32).unwrap();
+    let model = load_hf_model(&fixture("tiny-llama"), &common::device(), DType::F32).unwrap();
     let g = read_golden(&fixture("steering/golden.safetensors"));
     let (shape, flat) = g.f32("vector").clone();
     let vector = flat.chunks(shape[1]).map(<[f32]>::to_vec).collect();

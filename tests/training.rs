@@ -13,7 +13,7 @@ use persona_train::recipe::OptimConfig;
 use persona_train::steering::{Positions, SteerLayers, Steering};
 use persona_train::train::loss::{nll_sum, Batch};
 use persona_train::train::optim::AdamW;
-use persona_train::train::{optimizer_step, params};
+use persona_train::train::{optimizer_step, params, trainable};
 use std::collections::HashMap;
 
 const TOL: f64 = 1e-4;
@@ -24,7 +24,7 @@ fn setup() -> (Golden, CausalLm, Device) {
 
 fn setup_in(dtype: DType) -> (Golden, CausalLm, Device) {
     let g = read_golden(&fixture("training/golden.safetensors"));
-    let device = Device::flex();
+    let device = common::device();
     let model =
         persona_train::loader::load_hf_model(&fixture("tiny-llama"), &device, dtype).unwrap();
     (g, model, device)
@@ -42,6 +42,17 @@ fn lora_config(rslora: bool) -> LoraConfig {
 
 /// The golden initial adapters, as autodiff leaves.
 fn init_adapters(g: &Golden, model: &CausalLm, rslora: bool, device: &Device) -> Adapters {
+    init_adapters_with(g, model, rslora, device, &OptimConfig::default())
+}
+
+/// The same, made trainable as `optim` says (gradient checkpointing).
+fn init_adapters_with(
+    g: &Golden,
+    model: &CausalLm,
+    rslora: bool,
+    device: &Device,
+    optim: &OptimConfig,
+) -> Adapters {
     let mut tensors: HashMap<String, (Vec<usize>, Vec<f32>)> = g
         .f32s
         .iter()
@@ -55,7 +66,7 @@ fn init_adapters(g: &Golden, model: &CausalLm, rslora: bool, device: &Device) ->
         "unused golden tensors: {:?}",
         tensors.keys()
     );
-    adapters.map(|_, _, _, t| t.autodiff().require_grad())
+    adapters.map(|_, _, _, t| trainable(t, optim))
 }
 
 /// The golden batch: rows of `input_ids` cut to their real length, targets where labels != -100.
@@ -100,8 +111,12 @@ fn peft_keys(adapters: &Adapters) -> Vec<String> {
 }
 
 fn check_case(case: &str, steering: Option<Steering>, rslora: bool) {
+    check_case_with(case, steering, rslora, &OptimConfig::default());
+}
+
+fn check_case_with(case: &str, steering: Option<Steering>, rslora: bool, optim: &OptimConfig) {
     let (g, model, device) = setup();
-    let adapters = init_adapters(&g, &model, rslora, &device);
+    let adapters = init_adapters_with(&g, &model, rslora, &device, optim);
     let exs = examples(&g);
     let batch = Batch::new(&exs.iter().collect::<Vec<_>>(), &device);
     let loss = nll_sum(&model, &adapters, steering.as_ref(), &batch).unwrap() / batch.num_targets() as f32;
@@ -142,6 +157,17 @@ fn ablate(layers: SteerLayers) -> Steering {
 #[test]
 fn step_off() {
     check_case("off", None, false);
+}
+
+/// Balanced gradient checkpointing recomputes activations; the gradients stay PEFT's.
+#[test]
+fn step_all_layers_with_gradient_checkpointing() {
+    let optim = OptimConfig {
+        gradient_checkpointing: true,
+        ..OptimConfig::default()
+    };
+    let steering = steer(SteerLayers::All, 2.0, Positions::All);
+    check_case_with("all_layers", Some(steering), false, &optim);
 }
 
 #[test]
@@ -229,7 +255,7 @@ fn two_adamw_steps_match_torch() {
 /// carry the same tensors under the same names.
 #[test]
 fn peft_adapters_load_and_match_peft_logits() {
-    let device = Device::flex();
+    let device = common::device();
     let model =
         persona_train::loader::load_hf_model(&fixture("tiny-llama"), &device, DType::F32).unwrap();
     for name in ["peft-adapter", "peft-adapter-rslora"] {

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod loss;
+pub mod memory;
 pub mod monitor;
 pub mod optim;
 
@@ -17,7 +18,7 @@ use crate::recipe::{Recipe, SteeringMode};
 use crate::steering::{SteerLayers, Steering};
 use crate::tensorboard::EventWriter;
 use anyhow::{bail, Context, Result};
-use burn::tensor::Tensor;
+use burn::tensor::{GradientCheckpointingStrategy, Tensor};
 use checkpoint::TrainerState;
 use loss::Batch;
 use monitor::Monitor;
@@ -139,8 +140,19 @@ fn run_recipe(recipe: &Recipe, resume: bool, run: &Path) -> Result<TrainOutcome>
             last_checkpoint: existing.last().map(|(_, d)| d.clone()).unwrap_or_default(),
         });
     }
-    let mut adapters = adapters.map(|_, _, _, t| t.autodiff().require_grad());
+    let mut adapters = adapters.map(|_, _, _, t| trainable(t, o));
     adapters.dropout_active = true;
+    let longest = lengths.iter().copied().max().unwrap_or(0);
+    let most_targets = train_set.iter().map(Example::num_targets).max().unwrap_or(0);
+    let estimate = memory::MemoryEstimate::new(
+        &model_config,
+        lm.model.dtype(),
+        &adapters,
+        o.batch_size,
+        longest,
+        o.batch_size * most_targets,
+    );
+    eprintln!("{} at batch {}×{longest}", estimate.describe(), o.batch_size);
 
     std::fs::create_dir_all(run).with_context(|| format!("cannot create {}", run.display()))?;
     // Records past the checkpoint belong to the interrupted attempt and are written again.
@@ -431,17 +443,25 @@ pub fn optimizer_step(
     );
     let mut updated = updated.into_iter();
     let adapters = adapters.map(|_, _, _, _| {
-        updated
-            .next()
-            .expect("one update per parameter")
-            .autodiff()
-            .require_grad()
+        trainable(updated.next().expect("one update per parameter"), cfg)
     });
     Ok(StepResult {
         adapters,
         loss,
         grad_norm,
     })
+}
+
+/// An adapter matrix as an autodiff leaf that requires gradients. With
+/// `optim.gradient_checkpointing`, burn's balanced checkpointing recomputes the memory-bound
+/// activations of the graph built from it in the backward pass instead of keeping them.
+pub fn trainable(t: Tensor<2>, cfg: &crate::recipe::OptimConfig) -> Tensor<2> {
+    let t = t.autodiff();
+    let t = match cfg.gradient_checkpointing {
+        true => t.with_gradient_checkpointing_strategy(GradientCheckpointingStrategy::Balanced),
+        false => t,
+    };
+    t.require_grad()
 }
 
 /// The adapter matrices in [`Adapters::iter`] order, `A` then `B` of each.

@@ -5,6 +5,15 @@ use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// The device the golden checks run on: the flex CPU backend, or `PERSONA_TRAIN_TEST_DEVICE`
+/// (any `--device` value, such as `cubecl-cpu` in a `--features cubecl-cpu` build), so CI runs
+/// the same checks through the CubeCL kernels the GPU runs.
+pub fn device() -> burn::tensor::Device {
+    let spec = std::env::var("PERSONA_TRAIN_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    persona_train::device::parse(&spec)
+        .unwrap_or_else(|e| panic!("PERSONA_TRAIN_TEST_DEVICE={spec}: {e:#}"))
+}
+
 pub fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
