@@ -156,10 +156,12 @@ impl Intervention {
         };
         let mut x = x;
         if let Some(Some(u)) = self.block_ablate.get(block) {
-            let [b, t, h] = x.dims();
-            let u = u.clone().cast(dtype);
-            let along = x.clone().reshape([b * t, h]).matmul(u.clone().reshape([h, 1]));
-            let component = along.reshape([b, t, 1]) * u.unsqueeze::<3>();
+            // A product and a sum rather than a `[h, 1]` matmul: on CubeCL's CPU runtime the
+            // matmul burn picks for it (or its backward) asks 66,560 bytes of shared memory of a
+            // 49,152-byte budget, and burn-cubecl unwraps that error.
+            let u = u.clone().cast(dtype).unsqueeze::<3>();
+            let along = (x.clone() * u.clone()).sum_dim(2);
+            let component = along * u;
             x = x - gate(component);
         }
         if let Some(Some(v)) = self.block_adds.get(block) {

@@ -11,8 +11,8 @@
 //! - the output head's logits at target positions, f32, with their log-softmax and gradient.
 //!
 //! Checked against the measured peak of the CPU benchmark (SmolLM2, r = 16 on all projections,
-//! batch 4×256, every token a target): 3.0 GiB estimated, 3.5 GB peak RSS measured (the rest is
-//! the allocator's slack, the tokenizer and the data).
+//! batch 4×256, every token a target): 2.9 GiB (3.1 GB) estimated, 3.47 GB peak RSS measured
+//! (the rest is the allocator's slack, the tokenizer and the data).
 
 use crate::lora::Adapters;
 use crate::model::ModelConfig;
