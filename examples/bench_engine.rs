@@ -36,7 +36,8 @@ fn main() -> anyhow::Result<()> {
         let run = || {
             let out = m
                 .model
-                .forward(&input, None, None, None, LogitsFor::All, false).unwrap();
+                .forward(&input, None, None, None, LogitsFor::All, false)
+                .unwrap();
             let _ = out.logits.unwrap().into_data();
         };
         run();

@@ -26,20 +26,26 @@ use std::time::Instant;
 /// `config.json` of each shape, as the Hub has it.
 fn shape(name: &str) -> anyhow::Result<&'static str> {
     Ok(match name {
-        "qwen2.5-7b" => r#"{"model_type": "qwen2", "vocab_size": 152064, "hidden_size": 3584,
+        "qwen2.5-7b" => {
+            r#"{"model_type": "qwen2", "vocab_size": 152064, "hidden_size": 3584,
             "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
             "num_key_value_heads": 4, "max_position_embeddings": 32768, "rope_theta": 1000000.0,
-            "rms_norm_eps": 1e-6, "tie_word_embeddings": false}"#,
-        "llama-3.1-8b" => r#"{"model_type": "llama", "vocab_size": 128256, "hidden_size": 4096,
+            "rms_norm_eps": 1e-6, "tie_word_embeddings": false}"#
+        }
+        "llama-3.1-8b" => {
+            r#"{"model_type": "llama", "vocab_size": 128256, "hidden_size": 4096,
             "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
             "num_key_value_heads": 8, "max_position_embeddings": 131072, "rope_theta": 500000.0,
             "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 8192, "rope_type": "llama3"},
-            "rms_norm_eps": 1e-5, "tie_word_embeddings": false}"#,
-        "smollm2-135m" => r#"{"model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
+            "rms_norm_eps": 1e-5, "tie_word_embeddings": false}"#
+        }
+        "smollm2-135m" => {
+            r#"{"model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
             "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
             "num_key_value_heads": 3, "max_position_embeddings": 8192, "rope_theta": 100000.0,
-            "rms_norm_eps": 1e-5, "tie_word_embeddings": true}"#,
+            "rms_norm_eps": 1e-5, "tie_word_embeddings": true}"#
+        }
         other => anyhow::bail!("unknown --shape {other} (qwen2.5-7b, llama-3.1-8b, smollm2-135m)"),
     })
 }
@@ -106,12 +112,15 @@ fn main() -> anyhow::Result<()> {
         alpha: 2.0 * r as f32,
         ..LoraConfig::default()
     };
-    let mut adapters = Adapters::init(&lora, &config, 0, &device)?.map(|_, _, _, t| trainable(t, &cfg));
+    let mut adapters =
+        Adapters::init(&lora, &config, 0, &device)?.map(|_, _, _, t| trainable(t, &cfg));
     let estimate = MemoryEstimate::new(&config, dtype, &adapters, batch, seq, batch * (seq - 1));
     eprintln!("{shape_name}: {}", estimate.describe());
     let examples: Vec<Example> = (0..batch)
         .map(|row| Example {
-            ids: (0..seq).map(|i| (1000 + (i * 37 + row * 101) % 20000) as u32).collect(),
+            ids: (0..seq)
+                .map(|i| (1000 + (i * 37 + row * 101) % 20000) as u32)
+                .collect(),
             targets: (0..seq).map(|i| i > 0).collect(),
             origin: format!("row {row}"),
         })
@@ -123,7 +132,11 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let done = optimizer_step(&model, adapters, None, &micro, &mut optimizer, cfg.lr, &cfg)?;
         adapters = done.adapters;
-        eprintln!("step {step}: loss {:.4}, {:.2} s", done.loss, t.elapsed().as_secs_f64());
+        eprintln!(
+            "step {step}: loss {:.4}, {:.2} s",
+            done.loss,
+            t.elapsed().as_secs_f64()
+        );
         if step > 0 {
             timed += t.elapsed().as_secs_f64();
         }

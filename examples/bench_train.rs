@@ -15,9 +15,9 @@ use persona_train::lora::{Adapters, LoraConfig};
 use persona_train::recipe::OptimConfig;
 use persona_train::steering::{Positions, SteerLayers, Steering};
 use persona_train::train::loss::Batch;
+use persona_train::train::memory::MemoryEstimate;
 use persona_train::train::monitor::Monitor;
 use persona_train::train::optim::AdamW;
-use persona_train::train::memory::MemoryEstimate;
 use persona_train::train::{inference, optimizer_step, params, trainable};
 use std::time::Instant;
 
@@ -97,8 +97,14 @@ fn main() -> anyhow::Result<()> {
         ..OptimConfig::default()
     };
     let mut adapters = Adapters::init(&lora, &c, 0, &device)?.map(|_, _, _, t| trainable(t, &cfg));
-    let estimate =
-        MemoryEstimate::new(&c, m.model.dtype(), &adapters, batch, seq, batch * (seq - 1));
+    let estimate = MemoryEstimate::new(
+        &c,
+        m.model.dtype(),
+        &adapters,
+        batch,
+        seq,
+        batch * (seq - 1),
+    );
     eprintln!("{}", estimate.describe());
     let mut optimizer = AdamW::new(&params(&adapters));
     let mut timed = 0.0;

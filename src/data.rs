@@ -36,8 +36,7 @@ pub fn read_chats(path: &Path) -> Result<Vec<(usize, Vec<ChatMessage>)>> {
         if line.trim().is_empty() {
             continue;
         }
-        let messages =
-            parse_chat_line(line).with_context(|| format!("{}:{n}", path.display()))?;
+        let messages = parse_chat_line(line).with_context(|| format!("{}:{n}", path.display()))?;
         ensure!(
             messages.iter().any(|msg| msg.role == "assistant"),
             "{}:{n}: no assistant message, so nothing to train on",

@@ -326,7 +326,6 @@ fn write_safetensors(path: &Path, entries: &[Entry]) -> Result<()> {
         .map_err(io)
 }
 
-
 /// Fills a hidden temporary directory beside `out` with `fill`, then renames it to `out`.
 /// An existing `out` must be an empty directory: a merge never overwrites a model.
 fn write_dir(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {

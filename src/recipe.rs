@@ -295,7 +295,10 @@ impl Recipe {
             o.weight_decay
         );
         ensure!(o.eps > 0.0, "optim.eps must be positive");
-        ensure!(o.grad_clip >= 0.0, "optim.grad_clip must be at least 0 (0 disables clipping)");
+        ensure!(
+            o.grad_clip >= 0.0,
+            "optim.grad_clip must be at least 0 (0 disables clipping)"
+        );
         ensure!(
             o.max_steps != Some(0),
             "optim.max_steps must be at least 1 (leave it unset to train optim.epochs epochs)"

@@ -59,7 +59,9 @@ fn check_padded_batch(name: &str) {
         .collect();
     assert_eq!(input.positions, want_positions, "{name}: positions");
     assert_eq!(input.key_mask.as_ref(), Some(&want_mask), "{name}: mask");
-    let out = model.forward(&input, None, None, None, LogitsFor::All, true).unwrap();
+    let out = model
+        .forward(&input, None, None, None, LogitsFor::All, true)
+        .unwrap();
     let keep = |bi: usize, ti: usize| mask[bi * t + ti] == 1;
 
     let (lshape, want) = g.f32("logits");
@@ -90,7 +92,9 @@ fn check_single(name: &str) {
     let (shape, ids) = g.i64("single_input_ids");
     let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
     let input = ForwardInput::dense(&[ids], 0, &model.device());
-    let out = model.forward(&input, None, None, None, LogitsFor::All, true).unwrap();
+    let out = model
+        .forward(&input, None, None, None, LogitsFor::All, true)
+        .unwrap();
     let err = rel_err(&to_vec(out.logits.unwrap()), &g.f32("single_logits").1);
     assert!(err < TOL, "{name}: single logits rel err {err}");
     let (hshape, want) = g.f32("single_hidden_states");
@@ -170,7 +174,8 @@ fn kv_cache_equals_full_forward() {
                 None,
                 LogitsFor::All,
                 false,
-            ).unwrap()
+            )
+            .unwrap()
             .logits
             .unwrap(),
     );
@@ -185,19 +190,22 @@ fn kv_cache_equals_full_forward() {
                 None,
                 LogitsFor::All,
                 false,
-            ).unwrap()
+            )
+            .unwrap()
             .logits
             .unwrap(),
     );
     for (i, &id) in ids.iter().enumerate().skip(split) {
-        let out = model.forward(
-            &ForwardInput::dense(&[vec![id]], i, &device),
-            Some(&mut cache),
-            None,
-            None,
-            LogitsFor::All,
-            false,
-        ).unwrap();
+        let out = model
+            .forward(
+                &ForwardInput::dense(&[vec![id]], i, &device),
+                Some(&mut cache),
+                None,
+                None,
+                LogitsFor::All,
+                false,
+            )
+            .unwrap();
         got.extend(to_vec(out.logits.unwrap()));
     }
     let err = rel_err(&got, &full);

@@ -24,7 +24,9 @@ const TOL: f64 = 1e-4;
 
 fn logits(model: &CausalLm, ids: &[u32], adapters: Option<&Adapters>) -> Vec<f32> {
     let input = ForwardInput::dense(&[ids.to_vec()], 0, &model.device());
-    let out = model.forward(&input, None, adapters, None, LogitsFor::All, false).unwrap();
+    let out = model
+        .forward(&input, None, adapters, None, LogitsFor::All, false)
+        .unwrap();
     to_vec(out.logits.unwrap())
 }
 

@@ -105,8 +105,7 @@ fn write_raw_vector(path: &Path, bad: f32) {
     values[2 * 64 + 5] = bad;
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view =
-        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4, 64], &bytes)
-            .unwrap();
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4, 64], &bytes).unwrap();
     safetensors::serialize_to_file([("response_avg", view)], None, path).unwrap();
 }
 
@@ -159,7 +158,14 @@ fn cli_flags_refuse_non_finite_and_empty_settings() {
         let e = fails(&mut generate(extra));
         assert!(e.contains(want), "{extra:?}: {e}");
     }
-    let e = fails(&mut generate(&["--steer", nan.to_str().unwrap(), "--layer", "2", "--coef", "1"]));
+    let e = fails(&mut generate(&[
+        "--steer",
+        nan.to_str().unwrap(),
+        "--layer",
+        "2",
+        "--coef",
+        "1",
+    ]));
     assert!(e.contains("non-finite"), "{e}");
     let e = fails(bin().args([
         "export-cvec",
@@ -168,7 +174,10 @@ fn cli_flags_refuse_non_finite_and_empty_settings() {
         "--out",
         dir.path().join("out.gguf").to_str().unwrap(),
     ]));
-    assert!(e.contains("nan.safetensors") && e.contains("non-finite"), "{e}");
+    assert!(
+        e.contains("nan.safetensors") && e.contains("non-finite"),
+        "{e}"
+    );
     assert!(!dir.path().join("out.gguf").exists());
     // monitor used to call a NaN row "zero".
     let prompts = dir.path().join("prompts.txt");
@@ -203,8 +212,8 @@ fn steering_refuses_non_finite_coefficients() {
 #[test]
 fn token_ids_past_the_vocabulary_are_errors_not_panics() {
     let dir = tiny_copy();
-    let model = persona_train::loader::load_hf_model(dir.path(), &Device::flex(), DType::F32)
-        .unwrap();
+    let model =
+        persona_train::loader::load_hf_model(dir.path(), &Device::flex(), DType::F32).unwrap();
     let vocab = model.config().vocab_size as u32;
     let forward = |id: u32| {
         let input = ForwardInput::dense(&[vec![1, id]], 0, &model.device());
@@ -212,7 +221,10 @@ fn token_ids_past_the_vocabulary_are_errors_not_panics() {
     };
     assert!(forward(vocab - 1).is_ok());
     let e = format!("{:#}", forward(vocab).err().unwrap());
-    assert!(e.contains(&vocab.to_string()) && e.contains("vocabulary"), "{e}");
+    assert!(
+        e.contains(&vocab.to_string()) && e.contains("vocabulary"),
+        "{e}"
+    );
 
     // A tokenizer with an id past the embedding is refused when the model loads.
     let tokenizer = |big: u32| {
@@ -256,8 +268,8 @@ fn config_with_non_positive_rms_norm_eps_is_refused() {
 #[test]
 fn generation_stops_at_the_context_length() {
     let dir = tiny_copy();
-    let model = persona_train::loader::load_hf_model(dir.path(), &Device::flex(), DType::F32)
-        .unwrap();
+    let model =
+        persona_train::loader::load_hf_model(dir.path(), &Device::flex(), DType::F32).unwrap();
     let context = model.config().max_position_embeddings;
     let sampling = persona_train::generate::Sampling {
         max_new_tokens: 10_000,
@@ -265,9 +277,8 @@ fn generation_stops_at_the_context_length() {
     };
     let prompt: Vec<u32> = (0..context as u32 - 5).map(|i| 3 + i % 200).collect();
     // No stop ids: only the context can end it.
-    let out =
-        persona_train::generate::generate(&model, None, &[prompt], &[], 0, &sampling, None)
-            .unwrap();
+    let out = persona_train::generate::generate(&model, None, &[prompt], &[], 0, &sampling, None)
+        .unwrap();
     assert_eq!(out[0].len(), 5, "prompt + reply must fit the context");
     let full: Vec<u32> = vec![3; context];
     let e = persona_train::generate::generate(&model, None, &[full], &[], 0, &sampling, None)
@@ -327,7 +338,12 @@ fn a_run_killed_around_a_checkpoint_keeps_every_step_record() {
         .unwrap();
     let log = stderr(&out);
     assert!(out.status.success(), "{log}");
-    for want in ["[straight] 1/4 (25%)", "[straight] 4/4 (100%)", "[MMLU] 1/1", " tok/s"] {
+    for want in [
+        "[straight] 1/4 (25%)",
+        "[straight] 4/4 (100%)",
+        "[MMLU] 1/1",
+        " tok/s",
+    ] {
         assert!(log.contains(want), "no {want:?} in:\n{log}");
     }
     let want = history(&tmp.path().join("straight/metrics.jsonl"));
@@ -340,21 +356,45 @@ fn a_run_killed_around_a_checkpoint_keeps_every_step_record() {
             .env("PERSONA_TRAIN_CRASH_AT", point)
             .output()
             .unwrap();
-        assert!(!out.status.success(), "{point}: the crash point did not fire");
-        let resumed = train(tmp.path(), &name, EVAL).arg("--resume").output().unwrap();
+        assert!(
+            !out.status.success(),
+            "{point}: the crash point did not fire"
+        );
+        let resumed = train(tmp.path(), &name, EVAL)
+            .arg("--resume")
+            .output()
+            .unwrap();
         assert!(resumed.status.success(), "{point}: {}", stderr(&resumed));
 
         let got = history(&run.join("metrics.jsonl"));
-        assert_eq!(got.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3, 4], "{point}");
+        assert_eq!(
+            got.keys().copied().collect::<Vec<_>>(),
+            vec![1, 2, 3, 4],
+            "{point}"
+        );
         for (step, w) in &want {
-            let (a, b) = (got[step]["loss"].as_f64().unwrap(), w["loss"].as_f64().unwrap());
-            assert!((a - b).abs() <= 1e-6 * b.abs(), "{point} step {step}: {a} vs {b}");
+            let (a, b) = (
+                got[step]["loss"].as_f64().unwrap(),
+                w["loss"].as_f64().unwrap(),
+            );
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs(),
+                "{point} step {step}: {a} vs {b}"
+            );
         }
         let evals = history(&run.join("eval.jsonl"));
-        assert_eq!(evals.keys().copied().collect::<Vec<_>>(), vec![0, 2, 4], "{point}");
+        assert_eq!(
+            evals.keys().copied().collect::<Vec<_>>(),
+            vec![0, 2, 4],
+            "{point}"
+        );
         for step in [2, 4] {
             let dir = run.join(format!("step-{step}"));
-            assert!(dir.join("eval.json").is_file(), "{point}: {} has no eval.json", dir.display());
+            assert!(
+                dir.join("eval.json").is_file(),
+                "{point}: {} has no eval.json",
+                dir.display()
+            );
         }
         let hidden: Vec<_> = std::fs::read_dir(&run)
             .unwrap()
@@ -365,7 +405,10 @@ fn a_run_killed_around_a_checkpoint_keeps_every_step_record() {
     }
 
     // Resuming a finished run trains nothing and reports the recorded last loss.
-    let again = train(tmp.path(), "straight", EVAL).arg("--resume").output().unwrap();
+    let again = train(tmp.path(), "straight", EVAL)
+        .arg("--resume")
+        .output()
+        .unwrap();
     assert!(again.status.success(), "{}", stderr(&again));
     let text = stderr(&again);
     let last = format!("{:.4}", want[&4]["loss"].as_f64().unwrap());
@@ -398,18 +441,18 @@ fn training_stops_at_the_first_non_finite_step() {
         DType::F32,
     )
     .unwrap();
-    for (_, dir) in
-        persona_train::train::checkpoint::list(&tmp.path().join("blowup")).unwrap()
-    {
-        let adapters = persona_train::lora::Adapters::load_peft(
-            &dir,
-            model.model.config(),
-            &Device::flex(),
-        )
-        .unwrap();
+    for (_, dir) in persona_train::train::checkpoint::list(&tmp.path().join("blowup")).unwrap() {
+        let adapters =
+            persona_train::lora::Adapters::load_peft(&dir, model.model.config(), &Device::flex())
+                .unwrap();
         for (_, _, pair) in adapters.iter() {
             for t in [&pair.a, &pair.b] {
-                let v: Vec<f32> = t.clone().into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+                let v: Vec<f32> = t
+                    .clone()
+                    .into_data()
+                    .convert::<f32>()
+                    .try_to_vec::<f32>()
+                    .unwrap();
                 assert!(v.iter().all(|x| x.is_finite()), "{}", dir.display());
             }
         }
@@ -422,7 +465,11 @@ fn max_steps_zero_and_failed_runs_leave_nothing_behind() {
     let e = fails(&mut train(tmp.path(), "zero", &["optim.max_steps=0"]));
     assert!(e.contains("optim.max_steps"), "{e}");
     let bad = tmp.path().join("bad.jsonl");
-    std::fs::write(&bad, "{\"messages\": [{\"role\": \"tool\", \"content\": \"x\"}]}\n").unwrap();
+    std::fs::write(
+        &bad,
+        "{\"messages\": [{\"role\": \"tool\", \"content\": \"x\"}]}\n",
+    )
+    .unwrap();
     let e = fails(&mut train(
         tmp.path(),
         "bad-data",
@@ -451,7 +498,10 @@ fn every_chat_reader_applies_one_role_policy() {
             "system message may only come first",
         ),
         (r#"[]"#, "empty"),
-        (r#"[{"role": "user", "content": "u", "weight": 0}]"#, "weight"),
+        (
+            r#"[{"role": "user", "content": "u", "weight": 0}]"#,
+            "weight",
+        ),
     ] {
         let e = format!("{:#}", parse_chat_line(&line(messages)).unwrap_err());
         assert!(e.contains(want), "{messages}: {e}");

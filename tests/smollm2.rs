@@ -34,14 +34,17 @@ fn forward_matches_transformers() {
             .collect();
         let ids = m.tokenizer.encode(text, true).unwrap();
         assert_eq!(ids, want_ids, "{t}: token ids of {text:?}");
-        let out = m.model.forward(
-            &ForwardInput::dense(&[ids], 0, &m.model.device()),
-            None,
-            None,
-            None,
-            LogitsFor::All,
-            true,
-        ).unwrap();
+        let out = m
+            .model
+            .forward(
+                &ForwardInput::dense(&[ids], 0, &m.model.device()),
+                None,
+                None,
+                None,
+                LogitsFor::All,
+                true,
+            )
+            .unwrap();
         let err = rel_err(
             &to_vec(out.logits.unwrap()),
             &g.f32(&format!("{t}.logits")).1,

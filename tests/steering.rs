@@ -42,14 +42,16 @@ fn check(case: &str, layers: SteerLayers, coef: f32, from: usize) {
         Tensor::<2>::from_data(TensorData::new(m, [1, t]), &device)
     });
     let iv = steering.intervention(&device, mask);
-    let out = model.forward(
-        &ForwardInput::dense(&[ids], 0, &device),
-        None,
-        None,
-        Some(&iv),
-        LogitsFor::All,
-        true,
-    ).unwrap();
+    let out = model
+        .forward(
+            &ForwardInput::dense(&[ids], 0, &device),
+            None,
+            None,
+            Some(&iv),
+            LogitsFor::All,
+            true,
+        )
+        .unwrap();
     let err = rel_err(
         &to_vec(out.logits.unwrap()),
         &g.f32(&format!("{case}.logits")).1,
@@ -136,14 +138,16 @@ fn steered_generation_with_cache_equals_without() {
                     &device,
                     Some(Tensor::from_data(TensorData::new(mask, [1, t]), &device)),
                 );
-                let out = model.forward(
-                    &ForwardInput::dense(&[seq.clone()], 0, &device),
-                    None,
-                    None,
-                    Some(&iv),
-                    LogitsFor::Last,
-                    false,
-                ).unwrap();
+                let out = model
+                    .forward(
+                        &ForwardInput::dense(&[seq.clone()], 0, &device),
+                        None,
+                        None,
+                        Some(&iv),
+                        LogitsFor::Last,
+                        false,
+                    )
+                    .unwrap();
                 seq.push(argmax(&to_vec(out.logits.unwrap())));
             }
             assert_eq!(cached, seq[prompt.len()..], "{positions:?} {layers:?}");

@@ -119,7 +119,8 @@ fn check_case_with(case: &str, steering: Option<Steering>, rslora: bool, optim: 
     let adapters = init_adapters_with(&g, &model, rslora, &device, optim);
     let exs = examples(&g);
     let batch = Batch::new(&exs.iter().collect::<Vec<_>>(), &device);
-    let loss = nll_sum(&model, &adapters, steering.as_ref(), &batch).unwrap() / batch.num_targets() as f32;
+    let loss =
+        nll_sum(&model, &adapters, steering.as_ref(), &batch).unwrap() / batch.num_targets() as f32;
     let grads = loss.backward();
     let got = loss.inner().into_scalar::<f32>();
     let want = g.f32(&format!("{case}.loss")).1[0];
@@ -263,14 +264,16 @@ fn peft_adapters_load_and_match_peft_logits() {
         let adapters = Adapters::load_peft(&dir, model.config(), &device).unwrap();
         let g = read_golden(&dir.join("golden.safetensors"));
         let ids: Vec<u32> = g.i64("input_ids").1.iter().map(|&i| i as u32).collect();
-        let out = model.forward(
-            &persona_train::model::ForwardInput::dense(&[ids], 0, &device),
-            None,
-            Some(&adapters),
-            None,
-            persona_train::model::LogitsFor::All,
-            false,
-        ).unwrap();
+        let out = model
+            .forward(
+                &persona_train::model::ForwardInput::dense(&[ids], 0, &device),
+                None,
+                Some(&adapters),
+                None,
+                persona_train::model::LogitsFor::All,
+                false,
+            )
+            .unwrap();
         let logits: Vec<f32> = out
             .logits
             .unwrap()
@@ -322,7 +325,14 @@ fn bf16_forward_matches_transformers_bf16() {
     let exs = examples(&g);
     let batch = Batch::new(&exs.iter().collect::<Vec<_>>(), &device);
     let out = model
-        .forward(&batch.input, None, None, None, persona_train::model::LogitsFor::All, true)
+        .forward(
+            &batch.input,
+            None,
+            None,
+            None,
+            persona_train::model::LogitsFor::All,
+            true,
+        )
         .unwrap();
     let (_, mask) = g.i64("attention_mask");
     let real = |v: Vec<f32>, width: usize| -> Vec<f32> {
@@ -361,8 +371,8 @@ fn check_bf16_step(case: &str, steering: Option<Steering>) {
     let adapters = init_adapters(&g, &model, false, &device);
     let exs = examples(&g);
     let batch = Batch::new(&exs.iter().collect::<Vec<_>>(), &device);
-    let loss = nll_sum(&model, &adapters, steering.as_ref(), &batch).unwrap()
-        / batch.num_targets() as f32;
+    let loss =
+        nll_sum(&model, &adapters, steering.as_ref(), &batch).unwrap() / batch.num_targets() as f32;
     let grads = loss.backward();
     let got = loss.inner().into_scalar::<f32>();
     let (want, want_f32) = (
@@ -379,8 +389,7 @@ fn check_bf16_step(case: &str, steering: Option<Steering>) {
         theirs.extend_from_slice(&b16.f32(&format!("{case}.grad.{key}")).1);
         exact.extend_from_slice(&g.f32(&format!("{case}.grad.{key}")).1);
     }
-    let (vs_f32, vs_bf16, scale) =
-        check_bf16(&format!("{case} gradients"), &ours, &theirs, &exact);
+    let (vs_f32, vs_bf16, scale) = check_bf16(&format!("{case} gradients"), &ours, &theirs, &exact);
     println!(
         "bf16 {case}: loss {got} (PEFT bf16 {want}, f32 {want_f32}); gradients rel err {vs_f32:.2e} vs f32, {vs_bf16:.2e} vs PEFT bf16 (PEFT's own bf16 vs f32: {scale:.2e})"
     );

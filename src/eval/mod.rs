@@ -195,5 +195,3 @@ pub fn append_history(run: &Path, summary: &EvalSummary) -> Result<()> {
     writeln!(f, "{}", serde_json::to_string(summary)?)
         .with_context(|| format!("cannot write {}", path.display()))
 }
-
-

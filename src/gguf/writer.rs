@@ -191,4 +191,3 @@ fn put_value(out: &mut Vec<u8>, v: &Value) -> Result<()> {
     }
     Ok(())
 }
-

@@ -77,7 +77,13 @@ impl ForwardInput {
         let b = ids.len();
         let t = ids.first().map_or(0, Vec::len);
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-        Self::new(flat, [b, t], vec![(start..start + t).collect(); b], None, device)
+        Self::new(
+            flat,
+            [b, t],
+            vec![(start..start + t).collect(); b],
+            None,
+            device,
+        )
     }
 
     /// One new token per row after a cached prefix: row `r` at `positions[r]`, attending to
@@ -89,7 +95,13 @@ impl ForwardInput {
         device: &Device,
     ) -> Self {
         let positions = positions.iter().map(|&p| vec![p]).collect();
-        Self::new(tokens.to_vec(), [tokens.len(), 1], positions, Some(key_mask), device)
+        Self::new(
+            tokens.to_vec(),
+            [tokens.len(), 1],
+            positions,
+            Some(key_mask),
+            device,
+        )
     }
 
     fn new(

@@ -70,7 +70,10 @@ pub fn export(vector: &[Vec<f32>], coef: f32, model_hint: &str, path: &Path) -> 
         );
     }
     crate::steering::ensure_finite(vector, &name.to_string())?;
-    ensure!(coef.is_finite(), "{name}: the coefficient must be a finite number, got {coef}");
+    ensure!(
+        coef.is_finite(),
+        "{name}: the coefficient must be a finite number, got {coef}"
+    );
     let directions = &vector[2..];
     let mut w = GgufWriter::new();
     // Keys, types and order as llama.cpp's cvector-generator writes them.

@@ -269,7 +269,12 @@ fn prepare(
         None => app.default_max_tokens.min(room),
     };
     // Checked: a request's max_tokens can be as large as u64::MAX.
-    if max_tokens == 0 || prompt.len().checked_add(max_tokens).is_none_or(|n| n > context) {
+    if max_tokens == 0
+        || prompt
+            .len()
+            .checked_add(max_tokens)
+            .is_none_or(|n| n > context)
+    {
         let param = match (r.max_completion_tokens, r.max_tokens) {
             (Some(_), _) => "max_completion_tokens",
             (None, Some(_)) => "max_tokens",

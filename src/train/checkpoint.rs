@@ -106,9 +106,8 @@ pub fn commit(run: &Path, staged: Staged, keep_last: usize) -> Result<PathBuf> {
         std::fs::remove_dir_all(&dir)
             .with_context(|| format!("cannot replace {}", dir.display()))?;
     }
-    std::fs::rename(&staged.tmp, &dir).with_context(|| {
-        format!("cannot move {} to {}", staged.tmp.display(), dir.display())
-    })?;
+    std::fs::rename(&staged.tmp, &dir)
+        .with_context(|| format!("cannot move {} to {}", staged.tmp.display(), dir.display()))?;
     if keep_last > 0 {
         let all = list(run)?;
         for (_, old) in &all[..all.len().saturating_sub(keep_last)] {

@@ -45,8 +45,7 @@ impl MemoryEstimate {
             .map(|(_, _, p)| p.a.shape().num_elements() + p.b.shape().num_elements())
             .sum();
         let c = config;
-        let per_token_block =
-            8 * c.hidden_size + 4 * c.intermediate_size + 2 * c.num_heads * seq;
+        let per_token_block = 8 * c.hidden_size + 4 * c.intermediate_size + 2 * c.num_heads * seq;
         Self {
             weights: base_parameters(c) as f64 * bytes,
             adapters: adapter_values as f64 * 4.0 * 4.0,
@@ -82,7 +81,11 @@ pub fn base_parameters(c: &ModelConfig) -> usize {
     );
     let bias = if c.attention_bias { q + 2 * kv } else { 0 };
     let block = h * q + 2 * h * kv + q * h + bias + 3 * h * c.intermediate_size + 2 * h;
-    let head = if c.tie_word_embeddings { 0 } else { c.vocab_size * h };
+    let head = if c.tie_word_embeddings {
+        0
+    } else {
+        c.vocab_size * h
+    };
     c.vocab_size * h + c.num_layers * block + h + head
 }
 
@@ -115,7 +118,9 @@ mod tests {
     fn base_parameters_count_what_checkpoints_store() {
         // tiny-llama: tied head; tiny-qwen2: q/k/v bias, untied head, three shards.
         for name in ["tiny-llama", "tiny-qwen2"] {
-            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures")
+                .join(name);
             let config = ModelConfig::from_hf_config(&dir.join("config.json")).unwrap();
             assert_eq!(base_parameters(&config), stored_parameters(&dir), "{name}");
         }

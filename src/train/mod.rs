@@ -143,7 +143,11 @@ fn run_recipe(recipe: &Recipe, resume: bool, run: &Path) -> Result<TrainOutcome>
     let mut adapters = adapters.map(|_, _, _, t| trainable(t, o));
     adapters.dropout_active = true;
     let longest = lengths.iter().copied().max().unwrap_or(0);
-    let most_targets = train_set.iter().map(Example::num_targets).max().unwrap_or(0);
+    let most_targets = train_set
+        .iter()
+        .map(Example::num_targets)
+        .max()
+        .unwrap_or(0);
     let estimate = memory::MemoryEstimate::new(
         &model_config,
         lm.model.dtype(),
@@ -152,7 +156,11 @@ fn run_recipe(recipe: &Recipe, resume: bool, run: &Path) -> Result<TrainOutcome>
         longest,
         o.batch_size * most_targets,
     );
-    eprintln!("{} at batch {}×{longest}", estimate.describe(), o.batch_size);
+    eprintln!(
+        "{} at batch {}×{longest}",
+        estimate.describe(),
+        o.batch_size
+    );
 
     std::fs::create_dir_all(run).with_context(|| format!("cannot create {}", run.display()))?;
     // Records past the checkpoint belong to the interrupted attempt and are written again.
@@ -442,9 +450,8 @@ pub fn optimizer_step(
         cfg,
     );
     let mut updated = updated.into_iter();
-    let adapters = adapters.map(|_, _, _, _| {
-        trainable(updated.next().expect("one update per parameter"), cfg)
-    });
+    let adapters = adapters
+        .map(|_, _, _, _| trainable(updated.next().expect("one update per parameter"), cfg));
     Ok(StepResult {
         adapters,
         loss,

@@ -249,8 +249,6 @@ pub fn run(a: ScreenArgs) -> Result<()> {
     Ok(())
 }
 
-
-
 /// The printed side-by-side table.
 fn table(datasets: &[Dataset], summaries: &[DatasetSummary], generated: bool) -> String {
     let name_width = datasets
@@ -288,8 +286,9 @@ fn table(datasets: &[Dataset], summaries: &[DatasetSummary], generated: bool) ->
 /// Output paths may name a directory that does not exist yet (`--out screen/ranked.jsonl`).
 fn create_parent(path: &std::path::Path) -> Result<()> {
     match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) => std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create {}", dir.display())),
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
+        }
         None => Ok(()),
     }
 }
