@@ -367,21 +367,7 @@ fn a_run_killed_around_a_checkpoint_keeps_every_step_record() {
         assert!(resumed.status.success(), "{point}: {}", stderr(&resumed));
 
         let got = history(&run.join("metrics.jsonl"));
-        assert_eq!(
-            got.keys().copied().collect::<Vec<_>>(),
-            vec![1, 2, 3, 4],
-            "{point}"
-        );
-        for (step, w) in &want {
-            let (a, b) = (
-                got[step]["loss"].as_f64().unwrap(),
-                w["loss"].as_f64().unwrap(),
-            );
-            assert!(
-                (a - b).abs() <= 1e-6 * b.abs(),
-                "{point} step {step}: {a} vs {b}"
-            );
-        }
+        common::assert_same_losses(&got, &want, point);
         let evals = history(&run.join("eval.jsonl"));
         assert_eq!(
             evals.keys().copied().collect::<Vec<_>>(),

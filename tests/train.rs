@@ -237,20 +237,7 @@ fn killed_run_resumes_to_the_same_losses() {
 
     run(tmp.path(), "killed", &sets, &["--resume"]);
     let got = metrics(&run_dir);
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        want.keys().collect::<Vec<_>>()
-    );
-    for (step, w) in &want {
-        let (a, b) = (
-            got[step]["loss"].as_f64().unwrap(),
-            w["loss"].as_f64().unwrap(),
-        );
-        assert!(
-            (a - b).abs() <= 1e-6 * b.abs(),
-            "step {step}: resumed loss {a}, straight {b}"
-        );
-    }
+    common::assert_same_losses(&got, &want, "resumed");
     for dir in before {
         assert!(
             dir.join("adapter_model.safetensors").is_file(),

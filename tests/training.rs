@@ -117,20 +117,12 @@ fn check_case(case: &str, steering: Option<Steering>, rslora: bool) {
 fn check_case_with(case: &str, steering: Option<Steering>, rslora: bool, optim: &OptimConfig) {
     let (g, model, device) = setup();
     let adapters = init_adapters_with(&g, &model, rslora, &device, optim);
-    let exs = examples(&g);
-    let batch = Batch::new(&exs.iter().collect::<Vec<_>>(), &device);
-    let loss =
-        nll_sum(&model, &adapters, steering.as_ref(), &batch).unwrap() / batch.num_targets() as f32;
-    let grads = loss.backward();
-    let got = loss.inner().into_scalar::<f32>();
+    let (got, grads) = golden_step(&g, &model, &device, &adapters, steering.as_ref());
     let want = g.f32(&format!("{case}.loss")).1[0];
     let err = ((got - want) / want).abs() as f64;
     assert!(err < TOL, "{case}: loss {got} vs PEFT {want}");
     let mut worst = 0.0f64;
-    for (key, p) in peft_keys(&adapters).iter().zip(params(&adapters)) {
-        let grad = p
-            .grad(&grads)
-            .unwrap_or_else(|| panic!("{case}: no gradient for {key}"));
+    for (key, grad) in grads {
         let err = rel_err(&peft_layout(grad), &g.f32(&format!("{case}.grad.{key}")).1);
         assert!(err < TOL, "{case}: gradient of {key}: rel err {err}");
         worst = worst.max(err);
@@ -138,6 +130,32 @@ fn check_case_with(case: &str, steering: Option<Steering>, rslora: bool, optim: 
     println!(
         "{case}: loss {got} (PEFT {want}), worst gradient rel err {worst:.2e} over 42 matrices"
     );
+}
+
+/// One forward and backward pass on the golden batch: the mean loss over its targets and every
+/// adapter matrix's gradient, under its PEFT key.
+fn golden_step(
+    g: &Golden,
+    model: &CausalLm,
+    device: &Device,
+    adapters: &Adapters,
+    steering: Option<&Steering>,
+) -> (f32, Vec<(String, Tensor<2>)>) {
+    let exs = examples(g);
+    let batch = Batch::new(&exs.iter().collect::<Vec<_>>(), device);
+    let loss = nll_sum(model, adapters, steering, &batch).unwrap() / batch.num_targets() as f32;
+    let grads = loss.backward();
+    let gradients = peft_keys(adapters)
+        .into_iter()
+        .zip(params(adapters))
+        .map(|(key, p)| {
+            let grad = p
+                .grad(&grads)
+                .unwrap_or_else(|| panic!("no gradient for {key}"));
+            (key, grad)
+        })
+        .collect();
+    (loss.inner().into_scalar::<f32>(), gradients)
 }
 
 fn vector(g: &Golden) -> Vec<Vec<f32>> {
@@ -369,12 +387,7 @@ fn check_bf16_step(case: &str, steering: Option<Steering>) {
     let (g, model, device) = setup_in(DType::BF16);
     let b16 = read_golden(&fixture("bf16/golden.safetensors"));
     let adapters = init_adapters(&g, &model, false, &device);
-    let exs = examples(&g);
-    let batch = Batch::new(&exs.iter().collect::<Vec<_>>(), &device);
-    let loss =
-        nll_sum(&model, &adapters, steering.as_ref(), &batch).unwrap() / batch.num_targets() as f32;
-    let grads = loss.backward();
-    let got = loss.inner().into_scalar::<f32>();
+    let (got, grads) = golden_step(&g, &model, &device, &adapters, steering.as_ref());
     let (want, want_f32) = (
         b16.f32(&format!("{case}.loss")).1[0],
         g.f32(&format!("{case}.loss")).1[0],
@@ -382,8 +395,7 @@ fn check_bf16_step(case: &str, steering: Option<Steering>) {
     check_bf16(&format!("{case} loss"), &[got], &[want], &[want_f32]);
     // All 42 gradients as one vector: single small matrices are too noisy in bf16 to judge alone.
     let (mut ours, mut theirs, mut exact) = (Vec::new(), Vec::new(), Vec::new());
-    for (key, p) in peft_keys(&adapters).iter().zip(params(&adapters)) {
-        let grad = p.grad(&grads).expect("an f32 gradient for every adapter");
+    for (key, grad) in grads {
         assert_eq!(grad.dtype(), DType::F32, "{case}: {key}");
         ours.extend(peft_layout(grad));
         theirs.extend_from_slice(&b16.f32(&format!("{case}.grad.{key}")).1);

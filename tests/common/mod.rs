@@ -154,3 +154,27 @@ print(json.dumps(out))
     }
     Some(scalars)
 }
+
+/// Asserts that two runs' `metrics.jsonl` records (`step -> record`) cover the same steps with
+/// the same losses (1e-6 relative): a resumed run against an uninterrupted one.
+pub fn assert_same_losses(
+    got: &std::collections::BTreeMap<u64, serde_json::Value>,
+    want: &std::collections::BTreeMap<u64, serde_json::Value>,
+    what: &str,
+) {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{what}: steps"
+    );
+    for (step, w) in want {
+        let (a, b) = (
+            got[step]["loss"].as_f64().unwrap(),
+            w["loss"].as_f64().unwrap(),
+        );
+        assert!(
+            (a - b).abs() <= 1e-6 * b.abs(),
+            "{what} step {step}: loss {a}, uninterrupted {b}"
+        );
+    }
+}
