@@ -7,7 +7,10 @@
 mod common;
 
 use burn::tensor::DType;
+use persona_train::generate::Specials;
 use persona_train::generate::{generate, Sampling};
+use persona_train::lm::Lm;
+use persona_train::model::Forward;
 use persona_train::model::{ForwardInput, LogitsFor};
 use std::time::Instant;
 
@@ -36,7 +39,7 @@ fn main() -> anyhow::Result<()> {
         let run = || {
             let out = m
                 .model
-                .forward(&input, None, None, None, LogitsFor::All, false)
+                .forward(&input, Forward::logits(LogitsFor::All))
                 .unwrap();
             let _ = out.logits.unwrap().into_data();
         };
@@ -61,13 +64,10 @@ fn main() -> anyhow::Result<()> {
         };
         let t = Instant::now();
         let out = generate(
-            &m.model,
-            None,
+            Lm::new(&m.model),
             std::slice::from_ref(&prompt),
-            &[],
-            0,
+            &Specials::default(),
             &sampling,
-            None,
         )
         .unwrap();
         assert_eq!(out[0].len(), new);

@@ -13,8 +13,11 @@
 
 use burn::tensor::TensorData;
 use persona_train::data::Example;
+use persona_train::generate::Specials;
 use persona_train::generate::{generate, Sampling};
-use persona_train::lora::{Adapters, LoraConfig};
+use persona_train::lm::Lm;
+use persona_train::model::lora::{Adapters, LoraConfig};
+use persona_train::model::Forward;
 use persona_train::model::{CausalLm, ForwardInput, LogitsFor, ModelConfig, ParamSource};
 use persona_train::recipe::OptimConfig;
 use persona_train::train::loss::Batch;
@@ -126,11 +129,11 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     let micro = [Batch::new(&examples.iter().collect::<Vec<_>>(), &device)];
-    let mut optimizer = AdamW::new(&params(&adapters));
+    let mut optimizer = AdamW::new(&params(&adapters), &cfg);
     let mut timed = 0.0;
     for step in 0..steps {
         let t = Instant::now();
-        let done = optimizer_step(&model, adapters, None, &micro, &mut optimizer, cfg.lr, &cfg)?;
+        let done = optimizer_step(&model, None, adapters, &micro, &mut optimizer, cfg.lr)?;
         adapters = done.adapters;
         eprintln!(
             "step {step}: loss {:.4}, {:.2} s",
@@ -151,7 +154,7 @@ fn main() -> anyhow::Result<()> {
     let input = ForwardInput::dense(&prompts, 0, &device);
     let prefill = || -> anyhow::Result<f64> {
         let t = Instant::now();
-        let out = model.forward(&input, None, None, None, LogitsFor::Last, false)?;
+        let out = model.forward(&input, Forward::logits(LogitsFor::Last))?;
         let _ = out.logits.expect("last logits").into_data();
         Ok(t.elapsed().as_secs_f64())
     };
@@ -164,7 +167,7 @@ fn main() -> anyhow::Result<()> {
             ..Sampling::default()
         };
         let t = Instant::now();
-        generate(&model, None, &short, &[], 0, &sampling, None)?;
+        generate(Lm::new(&model), &short, &Specials::default(), &sampling)?;
         Ok(t.elapsed().as_secs_f64())
     };
     decode(2)?;

@@ -7,6 +7,7 @@
 
 use burn::tensor::DType;
 use persona_train::eval::mmlu::{self, MmluConfig, Question};
+use persona_train::lm::Lm;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -64,9 +65,9 @@ fn main() -> anyhow::Result<()> {
         let mut longest = questions.clone();
         longest.sort_by_key(|q| std::cmp::Reverse(mmlu::prompt(q, &[]).len()));
         longest.truncate(cfg.batch_size);
-        mmlu::evaluate(&m.model, None, None, &m.tokenizer, &longest, None, &cfg)?; // warmup
+        mmlu::evaluate(Lm::new(&m.model), &m.tokenizer, &longest, None, &cfg)?; // warmup
         let t = Instant::now();
-        let report = mmlu::evaluate(&m.model, None, None, &m.tokenizer, &questions, None, &cfg)?;
+        let report = mmlu::evaluate(Lm::new(&m.model), &m.tokenizer, &questions, None, &cfg)?;
         let secs = t.elapsed().as_secs_f64();
         println!(
             "persona-train batch {batch}: {:.2} questions/s, {:.0} prompt tokens/s ({secs:.1} s); \

@@ -11,12 +11,13 @@ mod common;
 
 use burn::tensor::{DType, Device};
 use persona_train::data::Example;
-use persona_train::lora::{Adapters, LoraConfig};
+use persona_train::lm::Lm;
+use persona_train::model::lora::{Adapters, LoraConfig};
+use persona_train::persona::probes::{ProbeSet, ProbeSpec};
 use persona_train::recipe::OptimConfig;
 use persona_train::steering::{Positions, SteerLayers, Steering};
 use persona_train::train::loss::Batch;
 use persona_train::train::memory::MemoryEstimate;
-use persona_train::train::monitor::Monitor;
 use persona_train::train::optim::AdamW;
 use persona_train::train::{inference, optimizer_step, params, trainable};
 use std::time::Instant;
@@ -75,15 +76,18 @@ fn main() -> anyhow::Result<()> {
         )?;
         let prompts: Vec<String> = artifacts.eval_questions.into_iter().take(20).collect();
         let cache = std::env::temp_dir().join("bench_train_probes.jsonl");
-        Some(Monitor::new(
+        let spec = ProbeSpec {
+            trait_name: "bench",
+            vector: &vector,
+            layers: (1..=c.num_layers).collect(),
+            main_layer: 20,
+            response_tokens: 32,
+        };
+        Some(ProbeSet::new(
             &m.model,
             &m.tokenizer,
-            "bench",
-            &vector,
+            spec,
             &prompts,
-            (1..=c.num_layers).collect(),
-            20,
-            32,
             &cache,
         )?)
     } else {
@@ -106,23 +110,22 @@ fn main() -> anyhow::Result<()> {
         batch * (seq - 1),
     );
     eprintln!("{}", estimate.describe());
-    let mut optimizer = AdamW::new(&params(&adapters));
+    let mut optimizer = AdamW::new(&params(&adapters), &cfg);
     let mut timed = 0.0;
     let mut losses = Vec::new();
     for step in 0..steps {
         let t = Instant::now();
         let done = optimizer_step(
             &m.model,
-            adapters,
             steering.as_ref(),
+            adapters,
             &micro,
             &mut optimizer,
             cfg.lr,
-            &cfg,
         )?;
         adapters = done.adapters;
         if let Some(mon) = &monitor {
-            mon.measure(&m.model, Some(&inference(&adapters)))?;
+            mon.measure(Lm::new(&m.model).with_adapters(Some(&inference(&adapters))))?;
         }
         losses.push(done.loss);
         if step > 0 {

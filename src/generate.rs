@@ -1,19 +1,22 @@
 //! Batched autoregressive generation with a KV cache: left padding, greedy or temperature/top-p
 //! sampling with a seed, stopping at end-of-turn tokens.
 
-use crate::lora::Adapters;
-use crate::model::{CausalLm, ForwardInput, KvCache, LogitsFor};
-use crate::steering::{Positions, Steering};
+use crate::lm::Lm;
+use crate::model::{Forward, ForwardInput, ForwardOutput, KvCache, LogitsFor};
+use crate::steering::Positions;
+use crate::tokenizer::Tokenizer;
 use anyhow::Result;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-#[derive(Debug, Clone)]
+/// How replies are sampled: the one sampling configuration of every command that generates.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Sampling {
     pub max_new_tokens: usize,
     /// 0 means greedy.
     pub temperature: f32,
+    /// Nucleus sampling: the smallest set of tokens whose probability reaches this.
     pub top_p: f32,
     pub seed: u64,
 }
@@ -46,39 +49,48 @@ impl Default for Sampling {
     }
 }
 
+/// The token ids generation needs besides the prompts.
+#[derive(Debug, Clone, Default)]
+pub struct Specials {
+    /// Any of these ends a row's reply (and is not part of it).
+    pub stop: Vec<u32>,
+    /// Fills the left of shorter prompts and the rows that have stopped.
+    pub pad: u32,
+}
+
+impl Specials {
+    pub fn of(tokenizer: &Tokenizer) -> Self {
+        Self {
+            stop: tokenizer.stop_ids().to_vec(),
+            pad: tokenizer.pad_or_eos(),
+        }
+    }
+}
+
 /// Generates a continuation for every prompt (token ids, chat template already applied) and
 /// returns the new tokens of each, without the stop token. Generation also stops when the
 /// longest prompt's row fills the model's context (`max_position_embeddings`). Row `r` samples with seed
-/// `sampling.seed + r`. `adapters` are LoRA adapters applied to the model; `steering` adds to the residual stream at the positions it names.
+/// `sampling.seed + r`. `lm`'s steering adds to the residual stream at the positions it names.
 pub fn generate(
-    model: &CausalLm,
-    adapters: Option<&Adapters>,
+    lm: Lm,
     prompts: &[Vec<u32>],
-    stop_ids: &[u32],
-    pad_id: u32,
+    specials: &Specials,
     sampling: &Sampling,
-    steering: Option<&Steering>,
 ) -> Result<Vec<Vec<u32>>> {
     let seeds: Vec<u64> = (0..prompts.len() as u64)
         .map(|r| sampling.seed.wrapping_add(r))
         .collect();
-    generate_seeded(
-        model, adapters, prompts, &seeds, stop_ids, pad_id, sampling, steering,
-    )
+    generate_seeded(lm, prompts, &seeds, specials, sampling)
 }
 
 /// As [`generate`], with one seed per row, so a prompt's sample depends only on its own seed and
 /// not on which other prompts share its batch (`sampling.seed` is ignored).
-#[allow(clippy::too_many_arguments)]
 pub fn generate_seeded(
-    model: &CausalLm,
-    adapters: Option<&Adapters>,
+    lm: Lm,
     prompts: &[Vec<u32>],
     seeds: &[u64],
-    stop_ids: &[u32],
-    pad_id: u32,
+    specials: &Specials,
     sampling: &Sampling,
-    steering: Option<&Steering>,
 ) -> Result<Vec<Vec<u32>>> {
     anyhow::ensure!(
         seeds.len() == prompts.len(),
@@ -91,90 +103,114 @@ pub fn generate_seeded(
         "cannot generate from an empty prompt"
     );
     sampling.check()?;
-    let device = model.device();
-    let b = prompts.len();
+    let device = lm.device();
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let context = model.config().max_position_embeddings;
+    let context = lm.config().max_position_embeddings;
     anyhow::ensure!(
         width < context,
         "the prompt has {width} tokens: the model's context of {context} tokens leaves no room for a reply"
     );
     let max_new_tokens = sampling.max_new_tokens.min(context - width);
-    let pads: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
+    let mut cache = KvCache::new(lm.config().num_layers);
+    let mut rows: Vec<Row> = seeds.iter().map(|&s| Row::new(s)).collect();
 
-    let mut input = ForwardInput::left_padded(prompts, pad_id, &device);
-    // Left padding puts every row's last prompt token in the last column.
-    let prefill_steer = steering.map(|s| {
-        let mask: Vec<f32> = (0..b)
-            .flat_map(|r| (0..width).map(move |j| (r, j)))
-            .map(|(r, j)| match s.positions {
-                Positions::All | Positions::Prompt => (j >= pads[r]) as u8 as f32,
-                Positions::Response => (j + 1 == width) as u8 as f32,
-            })
-            .collect();
-        s.intervention(
-            &device,
-            Some(Tensor::from_data(
-                TensorData::new(mask, [b, width]),
-                &device,
-            )),
-        )
-    });
-    let decode_steer = steering
-        .filter(|s| s.positions != Positions::Prompt)
-        .map(|s| s.intervention(&device, None));
-    let mut cache = KvCache::new(model.config().num_layers);
-    let mut rngs: Vec<StdRng> = seeds.iter().map(|&s| StdRng::seed_from_u64(s)).collect();
-    let mut out = vec![Vec::new(); b];
-    let mut done = vec![false; b];
-    let vocab = model.config().vocab_size;
-
+    // The prompt, steered at the positions the steering names.
+    let mut input = ForwardInput::left_padded(prompts, specials.pad, &device);
+    let mask = lm
+        .steering
+        .map(|s| prompt_mask(s.positions, prompts, &device));
+    let pass = Forward {
+        cache: Some(&mut cache),
+        ..Forward::logits(LogitsFor::Last)
+    };
+    let mut logits = last_logits(lm.forward_masked(&input, mask, pass)?)?;
+    // The reply, steered at every token unless the steering is for the prompt only.
+    let decode = match lm.steering {
+        Some(s) if s.positions == Positions::Prompt => lm.with_steering(None),
+        _ => lm,
+    };
     for step in 0..max_new_tokens {
-        let steer = if step == 0 {
-            prefill_steer.as_ref()
-        } else {
-            decode_steer.as_ref()
-        };
-        let logits = model
-            .forward(
-                &input,
-                Some(&mut cache),
-                adapters,
-                steer,
-                LogitsFor::Last,
-                false,
-            )?
-            .logits
-            .expect("LogitsFor::Last returns logits");
-        let logits: Vec<f32> = logits.into_data().convert::<f32>().try_into_vec()?;
-        let mut next = Vec::with_capacity(b);
-        for r in 0..b {
-            let token = if done[r] {
-                pad_id
-            } else {
-                let t = sample(&logits[r * vocab..(r + 1) * vocab], sampling, &mut rngs[r]);
-                if stop_ids.contains(&t) {
-                    done[r] = true;
-                } else {
-                    out[r].push(t);
-                }
-                t
-            };
-            next.push(token);
-        }
-        if done.iter().all(|&d| d) || step + 1 == max_new_tokens {
+        let next: Vec<u32> = rows
+            .iter_mut()
+            .zip(logits.chunks(lm.config().vocab_size))
+            .map(|(row, logits)| row.advance(logits, specials, sampling))
+            .collect();
+        if rows.iter().all(|r| r.done) || step + 1 == max_new_tokens {
             break;
         }
-        let positions: Vec<usize> = input
-            .positions
-            .iter()
-            .map(|p| p.last().map_or(0, |l| l + 1))
-            .collect();
-        let mut key_mask = input.key_mask.take().unwrap_or_default();
-        key_mask.iter_mut().for_each(|m| m.push(true));
-        input = ForwardInput::decode_step(&next, &positions, key_mask, &device);
+        input = next_step(input, &next, &device);
+        let pass = Forward {
+            cache: Some(&mut cache),
+            ..Forward::logits(LogitsFor::Last)
+        };
+        logits = last_logits(decode.forward(&input, pass)?)?;
     }
-    Ok(out)
+    Ok(rows.into_iter().map(|r| r.reply).collect())
+}
+
+/// One prompt's reply so far.
+struct Row {
+    rng: StdRng,
+    reply: Vec<u32>,
+    done: bool,
+}
+
+impl Row {
+    fn new(seed: u64) -> Self {
+        Self {
+            rng: StdRng::seed_from_u64(seed),
+            reply: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// Samples the row's next token (the pad once it has stopped) and returns it.
+    fn advance(&mut self, logits: &[f32], specials: &Specials, sampling: &Sampling) -> u32 {
+        if self.done {
+            return specials.pad;
+        }
+        let token = sample(logits, sampling, &mut self.rng);
+        if specials.stop.contains(&token) {
+            self.done = true;
+        } else {
+            self.reply.push(token);
+        }
+        token
+    }
+}
+
+/// Which prompt tokens steering acts on, `[batch, width]`. Left padding puts every row's last
+/// prompt token in the last column: the one that predicts the reply's first token.
+fn prompt_mask(positions: Positions, prompts: &[Vec<u32>], device: &Device) -> Tensor<2> {
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mask: Vec<f32> = prompts
+        .iter()
+        .flat_map(|p| (0..width).map(move |j| (width - p.len(), j)))
+        .map(|(pad, j)| match positions {
+            Positions::All | Positions::Prompt => (j >= pad) as u8 as f32,
+            Positions::Response => (j + 1 == width) as u8 as f32,
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(mask, [prompts.len(), width]), device)
+}
+
+/// The input of the decoding step after `input`: one token per row, attending to everything
+/// before it.
+fn next_step(mut input: ForwardInput, next: &[u32], device: &Device) -> ForwardInput {
+    let positions: Vec<usize> = input
+        .positions
+        .iter()
+        .map(|p| p.last().map_or(0, |l| l + 1))
+        .collect();
+    let mut key_mask = input.key_mask.take().unwrap_or_default();
+    key_mask.iter_mut().for_each(|m| m.push(true));
+    ForwardInput::decode_step(next, &positions, key_mask, device)
+}
+
+/// The `[batch * vocab]` logits of a `LogitsFor::Last` pass, on the host.
+fn last_logits(out: ForwardOutput) -> Result<Vec<f32>> {
+    let logits = out.logits.expect("LogitsFor::Last returns logits");
+    Ok(logits.into_data().convert::<f32>().try_into_vec()?)
 }
 
 /// Picks the next token from one row of logits.

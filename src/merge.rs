@@ -8,8 +8,8 @@
 //! `out` and renamed into place, so a failed merge leaves no partial model behind.
 
 use crate::loader::LoadedModel;
-use crate::lora::{host, Adapters, Target};
-use crate::model::transformer::transpose;
+use crate::model::lora::{host, Adapters, Target};
+use crate::model::transpose;
 use crate::model::{Architecture, CausalLm};
 use anyhow::{bail, ensure, Context, Result};
 use burn::module::Param;
@@ -43,7 +43,7 @@ pub fn adapter_base_model(adapter_dir: &Path) -> Result<String> {
 /// directory `out`: weights and `config.json` (see [`merge_weights`]), `tokenizer.json`,
 /// `tokenizer_config.json` and `generation_config.json`. `out` must not exist or be empty.
 pub fn merge(m: &LoadedModel, adapter_dir: &Path, out: &Path) -> Result<()> {
-    let adapters = Adapters::load_peft(adapter_dir, m.model.config(), &m.model.device())?;
+    let adapters = crate::loader::peft::load(adapter_dir, m.model.config(), &m.model.device())?;
     let tokenizer = &m.tokenizer;
     let mut token_ids = serde_json::Map::new();
     for (field, id) in [

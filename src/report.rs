@@ -2,50 +2,10 @@
 //! plots (MMLU, trait score and projection shift against step; trait score against projection
 //! shift with Pearson's r), so steered and unsteered runs of a recipe can be compared.
 
-use crate::eval::EvalSummary;
+use crate::history::RunEvals;
 use crate::plot::{LineChart, Series};
 use anyhow::{ensure, Context, Result};
 use std::path::{Path, PathBuf};
-
-/// One run's evaluations, in step order (the base model is step 0).
-pub struct RunEvals {
-    pub name: String,
-    pub evals: Vec<EvalSummary>,
-}
-
-/// Where the trainer appends one [`EvalSummary`] per evaluation; it survives checkpoint pruning.
-pub fn evals_path(run: &Path) -> PathBuf {
-    run.join("eval.jsonl")
-}
-
-/// Reads `<run>/eval.jsonl`; a later line for the same step (a resumed run) replaces an earlier.
-pub fn read_run(run: &Path) -> Result<RunEvals> {
-    let path = evals_path(run);
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "cannot read {} (evaluations are written there when a recipe's [eval] runs)",
-            path.display()
-        )
-    })?;
-    let mut by_step = std::collections::BTreeMap::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let e: EvalSummary = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not an evaluation summary", path.display(), i + 1))?;
-        by_step.insert(e.step, e);
-    }
-    let name = run.file_name().map_or_else(
-        || run.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    );
-    Ok(RunEvals {
-        name,
-        evals: by_step.into_values().collect(),
-    })
-}
 
 /// The table: one row per checkpoint of each run, one column per metric any of them has.
 pub fn table(runs: &[RunEvals]) -> String {

@@ -6,7 +6,7 @@
 //! has no block to steer.
 
 use crate::model::Intervention;
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use burn::tensor::{Device, Tensor, TensorData};
 
 /// Which hidden-state rows are steered.
@@ -108,12 +108,9 @@ impl Steering {
     ) -> Result<Self> {
         check_shape(vector, num_layers, hidden)?;
         let unit = |l: usize| -> Result<Vec<f32>> {
-            let norm = vector[l].iter().map(|x| x * x).sum::<f32>().sqrt();
-            ensure!(
-                norm > 0.0,
-                "persona vector row {l} is zero, so there is no direction to ablate"
-            );
-            Ok(vector[l].iter().map(|x| x / norm).collect())
+            unit(&vector[l]).with_context(|| {
+                format!("persona vector row {l} is zero, so there is no direction to ablate")
+            })
         };
         let block_ablate = match layers {
             SteerLayers::Single(l) => {
@@ -212,6 +209,12 @@ fn check_layer(l: usize, num_layers: usize) -> Result<()> {
         "steering layer {l} is out of range 1..={num_layers} (layer 0 is the embedding output)"
     );
     Ok(())
+}
+
+/// `v / |v|`; `None` for the zero vector, which has no direction.
+pub fn unit(v: &[f32]) -> Option<Vec<f32>> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    (norm > 0.0).then(|| v.iter().map(|x| x / norm).collect())
 }
 
 /// Refuses NaN and infinite values: steering with one trains on NaN, a projection on one is NaN.

@@ -11,6 +11,7 @@ mod common;
 use burn::tensor::{DType, Device};
 use common::fixture;
 use persona_train::eval::choice::{self, ChoiceConfig, ChoiceKind, ChoiceSet, ItemScore};
+use persona_train::lm::Lm;
 use persona_train::loader::{load, LoadedModel};
 use persona_train::tokenizer::ChatMessage;
 use serde_json::Value;
@@ -181,7 +182,7 @@ fn scores_match_transformers_and_repeat_exactly() {
             batch_size: 8,
         };
         let start = std::time::Instant::now();
-        let report = choice::evaluate(&m.model, None, None, &m.tokenizer, &loaded, &cfg).unwrap();
+        let report = choice::evaluate(Lm::new(&m.model), &m.tokenizer, &loaded, &cfg).unwrap();
         eprintln!(
             "{file}: items {indices:?} in {:.1} s: {:?}",
             start.elapsed().as_secs_f64(),
@@ -297,8 +298,7 @@ fn scores_match_transformers_and_repeat_exactly() {
 
         // The same evaluation again gives the very same numbers.
         if kind == ChoiceKind::YesNo {
-            let again =
-                choice::evaluate(&m.model, None, None, &m.tokenizer, &loaded, &cfg).unwrap();
+            let again = choice::evaluate(Lm::new(&m.model), &m.tokenizer, &loaded, &cfg).unwrap();
             assert_eq!(again, report, "{file}: a second evaluation differs");
         }
     }
@@ -330,7 +330,7 @@ fn metric_names_limits_and_serialisation() {
         limit: Some(1),
         ..ChoiceConfig::new(data.join("anthropic-evals/persona/psychopathy.jsonl"))
     };
-    let report = choice::evaluate(&m.model, None, None, &m.tokenizer, &persona, &cfg).unwrap();
+    let report = choice::evaluate(Lm::new(&m.model), &m.tokenizer, &persona, &cfg).unwrap();
     assert_eq!(report.name, "psychopathy");
     assert_eq!(report.items.len(), 1);
     assert_eq!(report.metrics.keys().collect::<Vec<_>>(), ["psychopathy"]);

@@ -5,7 +5,8 @@
 
 mod common;
 
-use persona_train::report::{pearson, read_run, table};
+use persona_train::history::read_evals;
+use persona_train::report::{pearson, table};
 use persona_train::tensorboard::read_dir_scalars;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -56,7 +57,7 @@ fn checkpoints_are_evaluated_and_reported() {
     let steered = train(tmp.path(), "steered", "all_layers");
 
     // Base as step 0, then checkpoints 2 and 4: history, eval.json and TensorBoard agree.
-    let run = read_run(&steered).unwrap();
+    let run = read_evals(&steered).unwrap();
     assert_eq!(
         run.evals.iter().map(|e| e.step).collect::<Vec<_>>(),
         vec![0, 2, 4]
@@ -162,7 +163,10 @@ fn checkpoints_are_evaluated_and_reported() {
         let bytes = std::fs::read(out.join(png)).unwrap();
         assert_eq!(&bytes[..4], b"\x89PNG", "{png}");
     }
-    let runs = [read_run(&steered).unwrap(), read_run(&unsteered).unwrap()];
+    let runs = [
+        read_evals(&steered).unwrap(),
+        read_evals(&unsteered).unwrap(),
+    ];
     assert_eq!(table(&runs), printed);
 }
 

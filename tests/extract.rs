@@ -65,11 +65,12 @@ fn artifacts() -> TraitArtifacts {
 }
 
 fn config(no_filter: bool) -> ExtractConfig {
-    ExtractConfig {
-        max_new_tokens: 8,
+    let mut cfg = ExtractConfig {
         no_filter,
         ..ExtractConfig::default()
-    }
+    };
+    cfg.sampling.max_new_tokens = 8;
+    cfg
 }
 
 #[test]

@@ -5,8 +5,11 @@ mod common;
 
 use burn::tensor::DType;
 use common::{fixture, read_golden, rel_err, to_vec};
+use persona_train::generate::Specials;
 use persona_train::generate::{generate, Sampling};
+use persona_train::lm::Lm;
 use persona_train::loader::load_hf_model;
+use persona_train::model::Forward;
 use persona_train::model::{CausalLm, ForwardInput, LogitsFor};
 
 const TOL: f64 = 1e-4;
@@ -60,7 +63,13 @@ fn check_padded_batch(name: &str) {
     assert_eq!(input.positions, want_positions, "{name}: positions");
     assert_eq!(input.key_mask.as_ref(), Some(&want_mask), "{name}: mask");
     let out = model
-        .forward(&input, None, None, None, LogitsFor::All, true)
+        .forward(
+            &input,
+            Forward {
+                hidden_states: true,
+                ..Forward::logits(LogitsFor::All)
+            },
+        )
         .unwrap();
     let keep = |bi: usize, ti: usize| mask[bi * t + ti] == 1;
 
@@ -93,7 +102,13 @@ fn check_single(name: &str) {
     let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
     let input = ForwardInput::dense(&[ids], 0, &model.device());
     let out = model
-        .forward(&input, None, None, None, LogitsFor::All, true)
+        .forward(
+            &input,
+            Forward {
+                hidden_states: true,
+                ..Forward::logits(LogitsFor::All)
+            },
+        )
         .unwrap();
     let err = rel_err(&to_vec(out.logits.unwrap()), &g.f32("single_logits").1);
     assert!(err < TOL, "{name}: single logits rel err {err}");
@@ -125,7 +140,7 @@ fn check_generate(name: &str) {
         max_new_tokens: new,
         ..Sampling::default()
     };
-    let got = generate(&model, None, &prompts, &[], 0, &sampling, None).unwrap();
+    let got = generate(Lm::new(&model), &prompts, &Specials::default(), &sampling).unwrap();
     for (r, row) in got.iter().enumerate() {
         let expected: Vec<u32> = want[r * oshape[1] + p..(r + 1) * oshape[1]]
             .iter()
@@ -169,11 +184,7 @@ fn kv_cache_equals_full_forward() {
         model
             .forward(
                 &ForwardInput::dense(std::slice::from_ref(&ids), 0, &device),
-                None,
-                None,
-                None,
-                LogitsFor::All,
-                false,
+                Forward::logits(LogitsFor::All),
             )
             .unwrap()
             .logits
@@ -185,11 +196,10 @@ fn kv_cache_equals_full_forward() {
         model
             .forward(
                 &ForwardInput::dense(&[ids[..split].to_vec()], 0, &device),
-                Some(&mut cache),
-                None,
-                None,
-                LogitsFor::All,
-                false,
+                Forward {
+                    cache: Some(&mut cache),
+                    ..Forward::logits(LogitsFor::All)
+                },
             )
             .unwrap()
             .logits
@@ -199,11 +209,10 @@ fn kv_cache_equals_full_forward() {
         let out = model
             .forward(
                 &ForwardInput::dense(&[vec![id]], i, &device),
-                Some(&mut cache),
-                None,
-                None,
-                LogitsFor::All,
-                false,
+                Forward {
+                    cache: Some(&mut cache),
+                    ..Forward::logits(LogitsFor::All)
+                },
             )
             .unwrap();
         got.extend(to_vec(out.logits.unwrap()));
@@ -216,7 +225,7 @@ fn kv_cache_equals_full_forward() {
 /// token sequences (`tests/fixtures/golden_extraction.py`).
 #[test]
 fn extraction_averages_and_vectors_match_transformers() {
-    use persona_train::persona::extract::{activation_averages, mean_difference};
+    use persona_train::persona::activations::{activation_averages, mean_difference};
     let model = load_hf_model(&fixture("tiny-llama"), &common::device(), DType::F32).unwrap();
     let g = read_golden(&fixture("extraction/golden.safetensors"));
     let mut acts = std::collections::HashMap::new();
@@ -230,7 +239,7 @@ fn extraction_averages_and_vectors_match_transformers() {
                 .map(|&x| x as u32)
                 .collect();
             let span = &g.i64(&format!("{pol}{i}.span")).1;
-            let a = activation_averages(&model, None, &ids, span[0] as usize..span[1] as usize)
+            let a = activation_averages(Lm::new(&model), &ids, span[0] as usize..span[1] as usize)
                 .unwrap();
             for (kind, rows) in &a {
                 let err = rel_err(&rows.concat(), &g.f32(&format!("{pol}{i}.{kind}")).1);

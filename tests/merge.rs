@@ -7,9 +7,11 @@ mod common;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use common::{fixture, read_golden, rel_err, to_vec};
+use persona_train::loader::peft;
 use persona_train::loader::{self, load_hf_model, safetensors::SafetensorsParams};
-use persona_train::lora::{Adapters, LoraConfig, Target};
 use persona_train::merge::{adapter_base_model, merge, merge_weights};
+use persona_train::model::lora::{Adapters, LoraConfig, Target};
+use persona_train::model::Forward;
 use persona_train::model::{
     CausalLm, ForwardInput, Llama3RopeScaling, LogitsFor, ModelConfig, RopeScaling,
 };
@@ -25,7 +27,13 @@ const TOL: f64 = 1e-4;
 fn logits(model: &CausalLm, ids: &[u32], adapters: Option<&Adapters>) -> Vec<f32> {
     let input = ForwardInput::dense(&[ids.to_vec()], 0, &model.device());
     let out = model
-        .forward(&input, None, adapters, None, LogitsFor::All, false)
+        .forward(
+            &input,
+            Forward {
+                adapters: adapters,
+                ..Forward::logits(LogitsFor::All)
+            },
+        )
         .unwrap();
     to_vec(out.logits.unwrap())
 }
@@ -69,7 +77,7 @@ fn out_dir(tmp: &Path, name: &str) -> std::path::PathBuf {
 fn check_peft_fixture(adapter: &str) {
     let device = Device::flex();
     let base = load_hf_model(&fixture("tiny-llama"), &device, DType::F32).unwrap();
-    let adapters = Adapters::load_peft(&fixture(adapter), base.config(), &device).unwrap();
+    let adapters = peft::load(&fixture(adapter), base.config(), &device).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let out = out_dir(tmp.path(), &format!("tiny-llama+{adapter}"));
     merge_weights(&base, &adapters, &out).unwrap();
@@ -125,7 +133,7 @@ fn merged_tensors_are_exact() {
     let base_dir = fixture("tiny-llama");
     let adapter_dir = fixture("peft-adapter-rslora");
     let base = load_hf_model(&base_dir, &device, DType::F32).unwrap();
-    let adapters = Adapters::load_peft(&adapter_dir, base.config(), &device).unwrap();
+    let adapters = peft::load(&adapter_dir, base.config(), &device).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("merged");
     merge_weights(&base, &adapters, &out).unwrap();
@@ -244,7 +252,7 @@ fn qwen2_without_biases_gets_zero_biases() {
     config.attention_bias = false;
     let params = SafetensorsParams::open_dir(&dir).unwrap();
     let base = CausalLm::load(&config, &params, &device, DType::F32).unwrap();
-    let adapters = Adapters::load_peft(&fixture("peft-adapter"), &config, &device).unwrap();
+    let adapters = peft::load(&fixture("peft-adapter"), &config, &device).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let out = out_dir(tmp.path(), "qwen2-without-biases+peft-adapter");
     merge_weights(&base, &adapters, &out).unwrap();
@@ -372,7 +380,7 @@ fn freq_factor_model_merges_to_llama3_config() {
     )));
     let params = SafetensorsParams::open_dir(&dir).unwrap();
     let base = CausalLm::load(&config, &params, &device, DType::F32).unwrap();
-    let adapters = Adapters::load_peft(&fixture("peft-adapter"), &config, &device).unwrap();
+    let adapters = peft::load(&fixture("peft-adapter"), &config, &device).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let out = out_dir(tmp.path(), "freq-factors+peft-adapter");
     merge_weights(&base, &adapters, &out).unwrap();
@@ -401,7 +409,7 @@ fn freq_factor_model_merges_to_llama3_config() {
 fn refuses_to_overwrite_and_reads_base_model() {
     let device = Device::flex();
     let base = load_hf_model(&fixture("tiny-llama"), &device, DType::F32).unwrap();
-    let adapters = Adapters::load_peft(&fixture("peft-adapter"), base.config(), &device).unwrap();
+    let adapters = peft::load(&fixture("peft-adapter"), base.config(), &device).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("keep.txt"), "x").unwrap();
     let err = format!(
@@ -454,9 +462,12 @@ fn smollm2_merged_directory_reloads() {
     let keep = std::env::var_os("PERSONA_TRAIN_KEEP_MERGE").map(std::path::PathBuf::from);
     let root = keep.as_deref().unwrap_or(tmp.path());
     let adapter_dir = root.join("adapter");
-    adapters
-        .save_peft(&adapter_dir, persona_train::source::DEFAULT_MODEL)
-        .unwrap();
+    peft::save(
+        &adapters,
+        &adapter_dir,
+        persona_train::source::DEFAULT_MODEL,
+    )
+    .unwrap();
     assert_eq!(
         adapter_base_model(&adapter_dir).unwrap(),
         persona_train::source::DEFAULT_MODEL

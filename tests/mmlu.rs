@@ -9,6 +9,7 @@ use common::fixture;
 use persona_train::eval::mmlu::{
     self, evaluate, load, prompt, select, MmluConfig, MmluReport, Question, Source, DEFAULT_SOURCE,
 };
+use persona_train::lm::Lm;
 use persona_train::loader::{load as load_model, LoadedModel};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -68,7 +69,7 @@ fn config() -> MmluConfig {
 
 fn run(questions: &[Question], dev: Option<&[Question]>, cfg: &MmluConfig) -> MmluReport {
     let m = smollm2();
-    evaluate(&m.model, None, None, &m.tokenizer, questions, dev, cfg).unwrap()
+    evaluate(Lm::new(&m.model), &m.tokenizer, questions, dev, cfg).unwrap()
 }
 
 /// Every 25th golden question (8 questions, 8 subjects, one batch): the sample for the source
@@ -396,7 +397,7 @@ fn hendrycks_csv_layout_and_five_shot_prompt() {
         subjects: vec!["college algebra".into()],
         ..config()
     };
-    let report = evaluate(&m.model, None, None, &m.tokenizer, &test, Some(&dev), &cfg).unwrap();
+    let report = evaluate(Lm::new(&m.model), &m.tokenizer, &test, Some(&dev), &cfg).unwrap();
     assert_eq!(report.predictions.len(), 2);
     // ... and is refused for a subject with fewer.
     let cfg = MmluConfig {
@@ -404,9 +405,7 @@ fn hendrycks_csv_layout_and_five_shot_prompt() {
         ..config()
     };
     let err = err_of(evaluate(
-        &m.model,
-        None,
-        None,
+        Lm::new(&m.model),
         &m.tokenizer,
         &test,
         Some(&dev),
@@ -590,7 +589,7 @@ fn bad_requests_are_refused() {
     let err = err_of(select(qs, &cfg));
     assert_mentions(&err, &["unknown MMLU subject `astrology`", "anatomy"]);
     assert!(!err.contains("`anatomy`"), "anatomy is known: {err}");
-    let err = err_of(evaluate(&m.model, None, None, &m.tokenizer, qs, None, &cfg));
+    let err = err_of(evaluate(Lm::new(&m.model), &m.tokenizer, qs, None, &cfg));
     assert_mentions(&err, &["astrology"]);
 
     let cfg = MmluConfig {
@@ -598,12 +597,12 @@ fn bad_requests_are_refused() {
         subjects: vec!["anatomy".into()],
         ..config()
     };
-    let err = err_of(evaluate(&m.model, None, None, &m.tokenizer, qs, None, &cfg));
+    let err = err_of(evaluate(Lm::new(&m.model), &m.tokenizer, qs, None, &cfg));
     assert_mentions(&err, &["5-shot", "dev split"]);
     let cfg = MmluConfig {
         shots: 3,
         ..config()
     };
-    let err = err_of(evaluate(&m.model, None, None, &m.tokenizer, qs, None, &cfg));
+    let err = err_of(evaluate(Lm::new(&m.model), &m.tokenizer, qs, None, &cfg));
     assert_mentions(&err, &["shots = 3", "0 and 5"]);
 }

@@ -2,11 +2,14 @@
 //! steering along the vector moves the projection of the answers it produces.
 
 use burn::tensor::{DType, Device};
+use persona_train::generate::Specials;
 use persona_train::generate::{generate, Sampling};
 use persona_train::judge::local::LocalJudge;
+use persona_train::lm::Lm;
 use persona_train::loader::{load, LoadedModel};
+use persona_train::persona::activations::activation_averages;
 use persona_train::persona::artifacts::TraitArtifacts;
-use persona_train::persona::extract::{activation_averages, extract, ExtractConfig};
+use persona_train::persona::extract::{extract, ExtractConfig};
 use persona_train::persona::vector::{project, PersonaVector};
 use persona_train::steering::{Positions, SteerLayers, Steering};
 use persona_train::tokenizer::ChatMessage;
@@ -44,13 +47,13 @@ fn answer_projection(
     };
     let pad = m.tokenizer.pad_id().unwrap();
     let answers = generate(
-        &m.model,
-        None,
+        Lm::new(&m.model).with_steering(steer),
         &prompts,
-        m.tokenizer.stop_ids(),
-        pad,
+        &Specials {
+            stop: m.tokenizer.stop_ids().to_vec(),
+            pad: pad,
+        },
         &sampling,
-        steer,
     )
     .unwrap();
     let mut total = 0.0;
@@ -62,8 +65,7 @@ fn answer_projection(
         ];
         let enc = m.tokenizer.encode_chat(&chat, false).unwrap();
         let acts = activation_averages(
-            &m.model,
-            None,
+            Lm::new(&m.model),
             &enc.ids,
             enc.response_start.unwrap()..enc.response_end.unwrap(),
         )
@@ -89,11 +91,11 @@ fn extract_with_local_judge_then_steering_moves_the_projection() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sycophancy.safetensors");
     // A 135M judge rarely gives usable scores, so the filter is off; judging still runs.
-    let cfg = ExtractConfig {
-        max_new_tokens: 24,
+    let mut cfg = ExtractConfig {
         no_filter: true,
         ..ExtractConfig::default()
     };
+    cfg.sampling.max_new_tokens = 24;
     let summary = extract(&m, "default", &artifacts, Some(&judge), &cfg, &out).unwrap();
     assert_eq!(summary.kept, 4);
 

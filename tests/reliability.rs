@@ -6,6 +6,10 @@ mod common;
 
 use burn::tensor::{DType, Device};
 use common::fixture;
+use persona_train::generate::Specials;
+use persona_train::lm::Lm;
+use persona_train::loader::peft;
+use persona_train::model::Forward;
 use persona_train::model::{ForwardInput, LogitsFor};
 use persona_train::recipe::Recipe;
 use std::collections::BTreeMap;
@@ -217,7 +221,7 @@ fn token_ids_past_the_vocabulary_are_errors_not_panics() {
     let vocab = model.config().vocab_size as u32;
     let forward = |id: u32| {
         let input = ForwardInput::dense(&[vec![1, id]], 0, &model.device());
-        model.forward(&input, None, None, None, LogitsFor::Last, false)
+        model.forward(&input, Forward::logits(LogitsFor::Last))
     };
     assert!(forward(vocab - 1).is_ok());
     let e = format!("{:#}", forward(vocab).err().unwrap());
@@ -277,12 +281,22 @@ fn generation_stops_at_the_context_length() {
     };
     let prompt: Vec<u32> = (0..context as u32 - 5).map(|i| 3 + i % 200).collect();
     // No stop ids: only the context can end it.
-    let out = persona_train::generate::generate(&model, None, &[prompt], &[], 0, &sampling, None)
-        .unwrap();
+    let out = persona_train::generate::generate(
+        Lm::new(&model),
+        &[prompt],
+        &Specials::default(),
+        &sampling,
+    )
+    .unwrap();
     assert_eq!(out[0].len(), 5, "prompt + reply must fit the context");
     let full: Vec<u32> = vec![3; context];
-    let e = persona_train::generate::generate(&model, None, &[full], &[], 0, &sampling, None)
-        .unwrap_err();
+    let e = persona_train::generate::generate(
+        Lm::new(&model),
+        &[full],
+        &Specials::default(),
+        &sampling,
+    )
+    .unwrap_err();
     assert!(format!("{e:#}").contains("context"), "{e:#}");
 }
 
@@ -428,9 +442,7 @@ fn training_stops_at_the_first_non_finite_step() {
     )
     .unwrap();
     for (_, dir) in persona_train::train::checkpoint::list(&tmp.path().join("blowup")).unwrap() {
-        let adapters =
-            persona_train::lora::Adapters::load_peft(&dir, model.model.config(), &Device::flex())
-                .unwrap();
+        let adapters = peft::load(&dir, model.model.config(), &Device::flex()).unwrap();
         for (_, _, pair) in adapters.iter() {
             for t in [&pair.a, &pair.b] {
                 let v: Vec<f32> = t

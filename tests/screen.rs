@@ -6,8 +6,9 @@ mod common;
 
 use burn::tensor::{DType, Device};
 use common::{fixture, read_golden};
+use persona_train::lm::Lm;
 use persona_train::loader::{load, load_hf_model, LoadedModel};
-use persona_train::persona::extract::activation_averages;
+use persona_train::persona::activations::activation_averages;
 use persona_train::persona::monitor::last_token_projections;
 use persona_train::persona::screen::{
     auroc, score, span_projections, Dataset, SampleScore, ScreenConfig, Teacher,
@@ -79,7 +80,7 @@ fn projections_match_transformers_on_the_tiny_model() {
         })
         .collect();
     // Screening: one right-padded batch of three lengths.
-    let got = span_projections(&model, None, &seqs, &directions).unwrap();
+    let got = span_projections(Lm::new(&model), &seqs, &directions).unwrap();
     for (k, n) in names.iter().enumerate() {
         for (l, p) in got[k].iter().enumerate() {
             close(
@@ -106,7 +107,7 @@ fn projections_match_transformers_on_the_tiny_model() {
         .iter()
         .map(|s| s.ids[..s.response.start].to_vec())
         .collect();
-    let last = last_token_projections(&model, None, &prompts, &directions).unwrap();
+    let last = last_token_projections(Lm::new(&model), &prompts, &directions).unwrap();
     for (k, n) in names.iter().enumerate() {
         for (l, &p) in last[k].iter().enumerate() {
             close(
@@ -117,7 +118,7 @@ fn projections_match_transformers_on_the_tiny_model() {
         }
         // And the extraction code's own prompt_last average agrees.
         let acts =
-            activation_averages(&model, None, &seqs[k].ids, seqs[k].response.clone()).unwrap();
+            activation_averages(Lm::new(&model), &seqs[k].ids, seqs[k].response.clone()).unwrap();
         for (l, d) in directions.iter().enumerate() {
             close(
                 last[k][l],
@@ -346,14 +347,18 @@ fn monitor_reads_the_last_prompt_token() {
         .iter()
         .map(|c| m.tokenizer.encode_chat(c, true).unwrap().ids)
         .collect();
-    let got = last_token_projections(&m.model, None, &prompts, &dirs).unwrap();
+    let got = last_token_projections(Lm::new(&m.model), &prompts, &dirs).unwrap();
     for (chat, row) in chats.iter().zip(&got) {
         let mut full = chat.clone();
         full.push(ChatMessage::new("assistant", "Sure, here it is."));
         let enc = m.tokenizer.encode_chat(&full, false).unwrap();
         let start = enc.response_start.unwrap();
-        let acts = activation_averages(&m.model, None, &enc.ids, start..enc.response_end.unwrap())
-            .unwrap();
+        let acts = activation_averages(
+            Lm::new(&m.model),
+            &enc.ids,
+            start..enc.response_end.unwrap(),
+        )
+        .unwrap();
         for (d, &p) in dirs.iter().zip(row) {
             let want = d.project(&acts["prompt_last"][d.layer]);
             assert!(

@@ -5,7 +5,10 @@
 //! concurrent clients are all served.
 
 use burn::tensor::{DType, Device};
+use persona_train::generate::Specials;
 use persona_train::judge::openai::OpenAiClient;
+use persona_train::lm::Lm;
+use persona_train::loader::peft;
 use persona_train::serve::{self, OnAlert, ServeConfig, Server};
 use persona_train::tokenizer::ChatMessage;
 use serde_json::{json, Value};
@@ -361,9 +364,12 @@ fn monitoring_warns_and_refuses() {
         lm.model.config(),
     )
     .unwrap();
-    let want =
-        persona_train::persona::monitor::last_token_projections(&lm.model, None, &[ids], &[evil])
-            .unwrap()[0][0];
+    let want = persona_train::persona::monitor::last_token_projections(
+        Lm::new(&lm.model),
+        &[ids],
+        &[evil],
+    )
+    .unwrap()[0][0];
     let got = p["evil"]["projection"].as_f64().unwrap() as f32;
     assert!(
         (got - want).abs() < 1e-3 * want.abs().max(1.0),
@@ -592,7 +598,7 @@ fn sixteen_concurrent_clients_are_all_served() {
 fn an_adapter_is_applied_as_generate_applies_it() {
     use burn::tensor::{Tensor, TensorData};
     use persona_train::generate::{generate, Sampling};
-    use persona_train::lora::{Adapters, LoraConfig, Target};
+    use persona_train::model::lora::{Adapters, LoraConfig, Target};
 
     let lm = persona_train::loader::load(
         &persona_train::source::resolve(persona_train::source::DEFAULT_MODEL).unwrap(),
@@ -621,7 +627,7 @@ fn an_adapter_is_applied_as_generate_applies_it() {
             Tensor::from_data(TensorData::new(values, shape), &device)
         });
     let dir = tempfile::tempdir().unwrap();
-    adapters.save_peft(dir.path(), "smollm2").unwrap();
+    peft::save(&adapters, dir.path(), "smollm2").unwrap();
 
     let question = "What is your favourite food?";
     let prompt = lm
@@ -636,13 +642,13 @@ fn an_adapter_is_applied_as_generate_applies_it() {
     };
     let reply = |a: Option<&Adapters>| {
         let ids = generate(
-            &lm.model,
-            a,
+            Lm::new(&lm.model).with_adapters(a),
             std::slice::from_ref(&prompt),
-            lm.tokenizer.stop_ids(),
-            pad,
+            &Specials {
+                stop: lm.tokenizer.stop_ids().to_vec(),
+                pad: pad,
+            },
             &sampling,
-            None,
         )
         .unwrap();
         lm.tokenizer.decode(&ids[0], true).unwrap()

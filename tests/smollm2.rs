@@ -6,8 +6,11 @@ mod common;
 
 use burn::tensor::DType;
 use common::{fixture, read_golden, rel_err, to_vec};
+use persona_train::generate::Specials;
 use persona_train::generate::{generate, Sampling};
+use persona_train::lm::Lm;
 use persona_train::loader::{load, LoadedModel};
+use persona_train::model::Forward;
 use persona_train::model::{ForwardInput, LogitsFor};
 use persona_train::tokenizer::ChatMessage;
 use std::sync::OnceLock;
@@ -38,11 +41,10 @@ fn forward_matches_transformers() {
             .model
             .forward(
                 &ForwardInput::dense(&[ids], 0, &m.model.device()),
-                None,
-                None,
-                None,
-                LogitsFor::All,
-                true,
+                Forward {
+                    hidden_states: true,
+                    ..Forward::logits(LogitsFor::All)
+                },
             )
             .unwrap();
         let err = rel_err(
@@ -104,13 +106,13 @@ fn greedy_chat_replies_match_transformers() {
     };
     let pad = m.tokenizer.pad_id().or(m.tokenizer.eos_id()).unwrap();
     let replies = generate(
-        &m.model,
-        None,
+        Lm::new(&m.model),
         &prompts,
-        m.tokenizer.stop_ids(),
-        pad,
+        &Specials {
+            stop: m.tokenizer.stop_ids().to_vec(),
+            pad: pad,
+        },
         &sampling,
-        None,
     )
     .unwrap();
     for (c, got) in cases.iter().zip(&replies) {

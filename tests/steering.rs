@@ -5,8 +5,11 @@ mod common;
 
 use burn::tensor::{DType, Tensor, TensorData};
 use common::{fixture, read_golden, rel_err, to_vec};
+use persona_train::generate::Specials;
 use persona_train::generate::{argmax, generate, Sampling};
+use persona_train::lm::Lm;
 use persona_train::loader::load_hf_model;
+use persona_train::model::Forward;
 use persona_train::model::{CausalLm, ForwardInput, LogitsFor};
 use persona_train::steering::{Positions, SteerLayers, Steering};
 
@@ -45,11 +48,11 @@ fn check(case: &str, layers: SteerLayers, coef: f32, from: usize) {
     let out = model
         .forward(
             &ForwardInput::dense(&[ids], 0, &device),
-            None,
-            None,
-            Some(&iv),
-            LogitsFor::All,
-            true,
+            Forward {
+                intervention: Some(&iv),
+                hidden_states: true,
+                ..Forward::logits(LogitsFor::All)
+            },
         )
         .unwrap();
     let err = rel_err(
@@ -113,13 +116,10 @@ fn steered_generation_with_cache_equals_without() {
                 ..Sampling::default()
             };
             let cached = generate(
-                &model,
-                None,
+                Lm::new(&model).with_steering(Some(&steering)),
                 std::slice::from_ref(&prompt),
-                &[],
-                0,
+                &Specials::default(),
                 &sampling,
-                Some(&steering),
             )
             .unwrap()
             .remove(0);
@@ -141,11 +141,10 @@ fn steered_generation_with_cache_equals_without() {
                 let out = model
                     .forward(
                         &ForwardInput::dense(&[seq.clone()], 0, &device),
-                        None,
-                        None,
-                        Some(&iv),
-                        LogitsFor::Last,
-                        false,
+                        Forward {
+                            intervention: Some(&iv),
+                            ..Forward::logits(LogitsFor::Last)
+                        },
                     )
                     .unwrap();
                 seq.push(argmax(&to_vec(out.logits.unwrap())));
@@ -155,16 +154,13 @@ fn steered_generation_with_cache_equals_without() {
     }
     // Steering must change something, or the comparison above proves nothing.
     let plain = generate(
-        &model,
-        None,
+        Lm::new(&model),
         std::slice::from_ref(&prompt),
-        &[],
-        0,
+        &Specials::default(),
         &Sampling {
             max_new_tokens: new,
             ..Sampling::default()
         },
-        None,
     )
     .unwrap();
     let strong = Steering::new(
@@ -177,16 +173,13 @@ fn steered_generation_with_cache_equals_without() {
     )
     .unwrap();
     let steered = generate(
-        &model,
-        None,
+        Lm::new(&model).with_steering(Some(&strong)),
         &[prompt],
-        &[],
-        0,
+        &Specials::default(),
         &Sampling {
             max_new_tokens: new,
             ..Sampling::default()
         },
-        Some(&strong),
     )
     .unwrap();
     assert_ne!(plain, steered);

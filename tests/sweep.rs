@@ -79,13 +79,14 @@ fn vector() -> Vec<Vec<f32>> {
 }
 
 fn config(coef: f32) -> SweepConfig {
-    SweepConfig {
+    let mut cfg = SweepConfig {
         layers: Some(vec![4, 12]),
         coef,
         questions: 2,
-        max_new_tokens: 8,
         ..SweepConfig::default()
-    }
+    };
+    cfg.sampling.max_new_tokens = 8;
+    cfg
 }
 
 fn answers(row: &SweepRow) -> Vec<(usize, u64, &str)> {

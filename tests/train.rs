@@ -4,7 +4,7 @@
 
 mod common;
 
-use persona_train::lora::Adapters;
+use persona_train::loader::peft;
 use persona_train::recipe::Recipe;
 use persona_train::tensorboard::read_dir_scalars;
 use std::collections::{BTreeMap, BTreeSet};
@@ -82,8 +82,7 @@ fn ci_recipe_trains_checkpoints_and_logs_every_tag() {
         ] {
             assert!(dir.join(f).is_file(), "{step}/{f} missing");
         }
-        let adapters =
-            Adapters::load_peft(&dir, model.model.config(), &model.model.device()).unwrap();
+        let adapters = peft::load(&dir, model.model.config(), &model.model.device()).unwrap();
         assert_eq!(adapters.iter().count(), 30 * 7);
         let recipe = Recipe::load(&dir.join("recipe.toml"), &[]).unwrap();
         assert_eq!(recipe.name, "tiny");

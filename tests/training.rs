@@ -7,8 +7,11 @@ mod common;
 use burn::tensor::{DType, Device, Tensor};
 use common::{fixture, read_golden, rel_err, Golden};
 use persona_train::data::Example;
-use persona_train::lora::{Adapters, LoraConfig, Target};
+use persona_train::lm::Lm;
+use persona_train::loader::peft;
+use persona_train::model::lora::{Adapters, LoraConfig, Target};
 use persona_train::model::CausalLm;
+use persona_train::model::Forward;
 use persona_train::recipe::OptimConfig;
 use persona_train::steering::{Positions, SteerLayers, Steering};
 use persona_train::train::loss::{nll_sum, Batch};
@@ -59,8 +62,7 @@ fn init_adapters_with(
         .filter_map(|(k, v)| k.strip_prefix("init.").map(|k| (k.to_string(), v.clone())))
         .collect();
     let adapters =
-        Adapters::from_peft_tensors(lora_config(rslora), model.config(), device, &mut tensors)
-            .unwrap();
+        peft::from_tensors(lora_config(rslora), model.config(), device, &mut tensors).unwrap();
     assert!(
         tensors.is_empty(),
         "unused golden tensors: {:?}",
@@ -143,7 +145,10 @@ fn golden_step(
 ) -> (f32, Vec<(String, Tensor<2>)>) {
     let exs = examples(g);
     let batch = Batch::new(&exs.iter().collect::<Vec<_>>(), device);
-    let loss = nll_sum(model, adapters, steering, &batch).unwrap() / batch.num_targets() as f32;
+    let lm = Lm::new(model)
+        .with_adapters(Some(adapters))
+        .with_steering(steering);
+    let loss = nll_sum(lm, &batch).unwrap() / batch.num_targets() as f32;
     let grads = loss.backward();
     let gradients = peft_keys(adapters)
         .into_iter()
@@ -244,16 +249,15 @@ fn two_adamw_steps_match_torch() {
         grad_clip: 0.5,
         ..OptimConfig::default()
     };
-    let mut optimizer = AdamW::new(&params(&adapters));
+    let mut optimizer = AdamW::new(&params(&adapters), &cfg);
     for (name, norm_key) in [("adamw", "adamw.grad_norm"), ("adamw2", "adamw2.grad_norm")] {
         let step = optimizer_step(
             &model,
-            adapters,
             None,
+            adapters,
             std::slice::from_ref(&batch),
             &mut optimizer,
             cfg.lr,
-            &cfg,
         )
         .unwrap();
         let want_norm = g.f32(norm_key).1[0] as f64;
@@ -279,17 +283,16 @@ fn peft_adapters_load_and_match_peft_logits() {
         persona_train::loader::load_hf_model(&fixture("tiny-llama"), &device, DType::F32).unwrap();
     for name in ["peft-adapter", "peft-adapter-rslora"] {
         let dir = fixture(name);
-        let adapters = Adapters::load_peft(&dir, model.config(), &device).unwrap();
+        let adapters = peft::load(&dir, model.config(), &device).unwrap();
         let g = read_golden(&dir.join("golden.safetensors"));
         let ids: Vec<u32> = g.i64("input_ids").1.iter().map(|&i| i as u32).collect();
         let out = model
             .forward(
                 &persona_train::model::ForwardInput::dense(&[ids], 0, &device),
-                None,
-                Some(&adapters),
-                None,
-                persona_train::model::LogitsFor::All,
-                false,
+                Forward {
+                    adapters: Some(&adapters),
+                    ..Forward::logits(persona_train::model::LogitsFor::All)
+                },
             )
             .unwrap();
         let logits: Vec<f32> = out
@@ -303,9 +306,7 @@ fn peft_adapters_load_and_match_peft_logits() {
         assert!(err < TOL, "{name}: logits rel err {err} against PEFT");
 
         let tmp = tempfile::tempdir().unwrap();
-        adapters
-            .save_peft(tmp.path(), "tests/fixtures/tiny-llama")
-            .unwrap();
+        peft::save(&adapters, tmp.path(), "tests/fixtures/tiny-llama").unwrap();
         let theirs = read_golden(&dir.join("adapter_model.safetensors"));
         let ours = read_golden(&tmp.path().join("adapter_model.safetensors"));
         assert_eq!(
@@ -317,7 +318,7 @@ fn peft_adapters_load_and_match_peft_logits() {
             assert_eq!(&ours.f32(k).0, shape, "{name}: {k} shape");
             assert_eq!(&ours.f32(k).1, v, "{name}: {k} values");
         }
-        let back = Adapters::load_peft(tmp.path(), model.config(), &device).unwrap();
+        let back = peft::load(tmp.path(), model.config(), &device).unwrap();
         assert_eq!(back.config, adapters.config);
     }
 }
@@ -345,11 +346,10 @@ fn bf16_forward_matches_transformers_bf16() {
     let out = model
         .forward(
             &batch.input,
-            None,
-            None,
-            None,
-            persona_train::model::LogitsFor::All,
-            true,
+            Forward {
+                hidden_states: true,
+                ..Forward::logits(persona_train::model::LogitsFor::All)
+            },
         )
         .unwrap();
     let (_, mask) = g.i64("attention_mask");

@@ -49,9 +49,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use super::loglik::{continuation_logprobs, next_token_logprobs};
-use crate::lora::Adapters;
-use crate::model::CausalLm;
-use crate::steering::Steering;
+use crate::lm::Lm;
 use crate::tokenizer::{ChatMessage, Tokenizer};
 
 /// The user turn of a yes/no statement item; `{statement}` is replaced by the statement.
@@ -338,12 +336,10 @@ pub fn parse(text: &str, origin: &str) -> Result<ChoiceSet> {
     Ok(set.expect("rows is not empty"))
 }
 
-/// Scores `set` (its first `cfg.limit` items) with `model`, through `adapters` and
-/// inference-time `steering` (at every token) when given.
+/// Scores `set` (its first `cfg.limit` items) with `model`, through `lm`'s adapters and
+/// inference-time steering (at every token).
 pub fn evaluate(
-    model: &CausalLm,
-    adapters: Option<&Adapters>,
-    steering: Option<&Steering>,
+    lm: Lm,
     tokenizer: &Tokenizer,
     set: &ChoiceSet,
     cfg: &ChoiceConfig,
@@ -366,25 +362,19 @@ pub fn evaluate(
     let context = || format!("choice metric {name} ({})", cfg.path.display());
     let items = match set {
         ChoiceSet::AB(items) => score_ab(
-            model,
-            adapters,
-            steering,
+            lm,
             tokenizer,
             &items[..limit.min(items.len())],
             cfg.batch_size,
         ),
         ChoiceSet::YesNo(items) => score_yes_no(
-            model,
-            adapters,
-            steering,
+            lm,
             tokenizer,
             &items[..limit.min(items.len())],
             cfg.batch_size,
         ),
         ChoiceSet::TruthfulQa(items) => score_truthfulqa(
-            model,
-            adapters,
-            steering,
+            lm,
             tokenizer,
             &items[..limit.min(items.len())],
             cfg.batch_size,
@@ -419,14 +409,12 @@ pub fn evaluate(
 
 /// [`load`] then [`evaluate`].
 pub fn load_and_evaluate(
-    model: &CausalLm,
-    adapters: Option<&Adapters>,
-    steering: Option<&Steering>,
+    lm: Lm,
     tokenizer: &Tokenizer,
     cfg: &ChoiceConfig,
 ) -> Result<ChoiceReport> {
     let set = load(&cfg.path)?;
-    evaluate(model, adapters, steering, tokenizer, &set, cfg)
+    evaluate(lm, tokenizer, &set, cfg)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -454,16 +442,14 @@ fn normalised(lp_matching: f64, lp_other: f64) -> f64 {
 /// The log-probabilities of `ids` at the next token after each prompt, a batch at a time so that
 /// only one batch of full distributions is held.
 fn next_token_pick(
-    model: &CausalLm,
-    adapters: Option<&Adapters>,
-    steering: Option<&Steering>,
+    lm: Lm,
     prompts: &[Vec<u32>],
     ids: [u32; 2],
     batch_size: usize,
 ) -> Result<Vec<[f64; 2]>> {
     let mut out = Vec::with_capacity(prompts.len());
     for chunk in prompts.chunks(batch_size) {
-        for lp in next_token_logprobs(model, adapters, steering, chunk, batch_size)? {
+        for lp in next_token_logprobs(lm, chunk, batch_size)? {
             out.push(ids.map(|id| lp[id as usize] as f64));
         }
     }
@@ -477,9 +463,7 @@ fn user_prompt(tokenizer: &Tokenizer, content: &str) -> Result<Vec<u32>> {
 }
 
 fn score_ab(
-    model: &CausalLm,
-    adapters: Option<&Adapters>,
-    steering: Option<&Steering>,
+    lm: Lm,
     tokenizer: &Tokenizer,
     items: &[AbItem],
     batch_size: usize,
@@ -495,7 +479,7 @@ fn score_ab(
             Ok(ids)
         })
         .collect::<Result<Vec<_>>>()?;
-    let picked = next_token_pick(model, adapters, steering, &prompts, [a, b], batch_size)?;
+    let picked = next_token_pick(lm, &prompts, [a, b], batch_size)?;
     Ok(items
         .iter()
         .zip(picked)
@@ -514,9 +498,7 @@ fn score_ab(
 }
 
 fn score_yes_no(
-    model: &CausalLm,
-    adapters: Option<&Adapters>,
-    steering: Option<&Steering>,
+    lm: Lm,
     tokenizer: &Tokenizer,
     items: &[YesNoItem],
     batch_size: usize,
@@ -527,7 +509,7 @@ fn score_yes_no(
         .iter()
         .map(|it| user_prompt(tokenizer, &yes_no_prompt(&it.statement)))
         .collect::<Result<Vec<_>>>()?;
-    let picked = next_token_pick(model, adapters, steering, &prompts, [yes, no], batch_size)?;
+    let picked = next_token_pick(lm, &prompts, [yes, no], batch_size)?;
     Ok(items
         .iter()
         .zip(picked)
@@ -546,9 +528,7 @@ fn score_yes_no(
 }
 
 fn score_truthfulqa(
-    model: &CausalLm,
-    adapters: Option<&Adapters>,
-    steering: Option<&Steering>,
+    lm: Lm,
     tokenizer: &Tokenizer,
     items: &[McItem],
     batch_size: usize,
@@ -571,7 +551,7 @@ fn score_truthfulqa(
     let mut logliks = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(batch_size) {
         logliks.extend(
-            continuation_logprobs(model, adapters, steering, chunk, batch_size)?
+            continuation_logprobs(lm, chunk, batch_size)?
                 .into_iter()
                 .map(|(ll, _)| ll as f64),
         );

@@ -1,31 +1,27 @@
 //! Log-likelihood scoring, the primitive under every judge-free metric: the next-token
 //! distribution after a prompt, and the log-probability of a continuation.
 
-use crate::lora::Adapters;
-use crate::model::{CausalLm, ForwardInput, LogitsFor};
-use crate::steering::Steering;
+use crate::lm::Lm;
+use crate::model::{Forward, ForwardInput, LogitsFor};
 use anyhow::{ensure, Result};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::DType;
 
 /// Log-probabilities over the vocabulary of the token after each prompt (`[prompts][vocab]`),
-/// through `adapters` and inference-time `steering` (at every token) when given. Prompts are
+/// through `lm`'s adapters and inference-time steering (at every token). Prompts are
 /// batched `batch_size` at a time with left padding.
 pub fn next_token_logprobs(
-    model: &CausalLm,
-    adapters: Option<&Adapters>,
-    steering: Option<&Steering>,
+    lm: Lm,
     prompts: &[Vec<u32>],
     batch_size: usize,
 ) -> Result<Vec<Vec<f32>>> {
     ensure!(prompts.iter().all(|p| !p.is_empty()), "empty prompt");
-    let vocab = model.config().vocab_size;
+    let vocab = lm.config().vocab_size;
     let mut out = Vec::with_capacity(prompts.len());
     for chunk in prompts.chunks(batch_size.max(1)) {
-        let input = ForwardInput::left_padded(chunk, 0, &model.device());
-        let iv = steering.map(|s| s.intervention(&model.device(), None));
-        let logits = model
-            .forward(&input, None, adapters, iv.as_ref(), LogitsFor::Last, false)?
+        let input = ForwardInput::left_padded(chunk, 0, &lm.device());
+        let logits = lm
+            .forward(&input, Forward::logits(LogitsFor::Last))?
             .logits
             .expect("LogitsFor::Last returns logits");
         let b = chunk.len();
@@ -39,13 +35,11 @@ pub fn next_token_logprobs(
 }
 
 /// `log P(continuation | prefix)` summed over the continuation's tokens, for each pair, and the
-/// number of continuation tokens (for length-normalised scores), through `adapters` and
-/// `steering` (at every token) when given. Pairs are batched `batch_size` at a time with right
+/// number of continuation tokens (for length-normalised scores), through `lm`'s adapters and
+/// steering (at every token). Pairs are batched `batch_size` at a time with right
 /// padding.
 pub fn continuation_logprobs(
-    model: &CausalLm,
-    adapters: Option<&Adapters>,
-    steering: Option<&Steering>,
+    lm: Lm,
     pairs: &[(Vec<u32>, Vec<u32>)],
     batch_size: usize,
 ) -> Result<Vec<(f32, usize)>> {
@@ -53,8 +47,8 @@ pub fn continuation_logprobs(
         pairs.iter().all(|(p, c)| !p.is_empty() && !c.is_empty()),
         "empty prefix or continuation"
     );
-    let device = model.device();
-    let vocab = model.config().vocab_size;
+    let device = lm.device();
+    let vocab = lm.config().vocab_size;
     let mut out = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(batch_size.max(1)) {
         let seqs: Vec<Vec<u32>> = chunk
@@ -63,9 +57,8 @@ pub fn continuation_logprobs(
             .collect();
         let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
         let input = ForwardInput::right_padded(&seqs, &device);
-        let iv = steering.map(|s| s.intervention(&device, None));
-        let logits = model
-            .forward(&input, None, adapters, iv.as_ref(), LogitsFor::All, false)?
+        let logits = lm
+            .forward(&input, Forward::logits(LogitsFor::All))?
             .logits
             .expect("LogitsFor::All returns logits");
         let lp: Vec<f32> = log_softmax(logits.cast(DType::F32), 2)

@@ -14,10 +14,8 @@
 //!   `datasets--cais--mmlu` directory) is looked into for such files. Parquet is not read (no
 //!   parquet reader here); a directory with only parquet files gets an error saying how to export.
 
-use crate::lora::Adapters;
-use crate::model::CausalLm;
+use crate::lm::Lm;
 use crate::progress::Progress;
-use crate::steering::Steering;
 use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -647,11 +645,9 @@ fn few_shot_examples(
 }
 
 /// Scores the questions `cfg` selects from `questions` (see [`select`]), 0-shot or 5-shot with
-/// `dev`, through `adapters` and inference-time `steering` (at every token) when given.
+/// `dev`, through `lm`'s adapters and inference-time steering (at every token).
 pub fn evaluate(
-    model: &CausalLm,
-    adapters: Option<&Adapters>,
-    steering: Option<&Steering>,
+    lm: Lm,
     tokenizer: &Tokenizer,
     questions: &[Question],
     dev: Option<&[Question]>,
@@ -667,7 +663,7 @@ pub fn evaluate(
     ensure!(!selected.is_empty(), "no MMLU questions to evaluate");
     let shots = few_shot_examples(&selected, dev, cfg.shots)?;
     let letters = letter_token_ids(tokenizer)?;
-    let max_len = model.config().max_position_embeddings;
+    let max_len = lm.config().max_position_embeddings;
     let prompts: Vec<Vec<u32>> = selected
         .iter()
         .map(|q| {
@@ -692,8 +688,7 @@ pub fn evaluate(
     let mut scores = vec![[0f32; 4]; prompts.len()];
     for chunk in order.chunks(cfg.batch_size) {
         let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
-        let logprobs =
-            super::loglik::next_token_logprobs(model, adapters, steering, &batch, cfg.batch_size)?;
+        let logprobs = super::loglik::next_token_logprobs(lm, &batch, cfg.batch_size)?;
         for (&i, lp) in chunk.iter().zip(&logprobs) {
             scores[i] = letters.map(|id| lp[id as usize]);
         }

@@ -7,11 +7,10 @@ pub mod loglik;
 pub mod mmlu;
 pub mod trait_score;
 
-use crate::loader::LoadedModel;
-use crate::lora::Adapters;
+use crate::lm::Lm;
 use crate::persona::artifacts::TraitArtifacts;
-use crate::steering::Steering;
-use crate::train::monitor::{Monitor, Projections};
+use crate::persona::probes::{ProbeSet, Projections};
+use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -74,16 +73,15 @@ pub struct PersonaEval<'a> {
     /// The persona vector (`[layers + 1][hidden]`) and its headline layer.
     pub vector: Option<(&'a [Vec<f32>], usize)>,
     /// Probes of the evaluation questions with the base model's projections, for the shift.
-    pub probes: Option<&'a Monitor>,
+    pub probes: Option<&'a ProbeSet>,
 }
 
-/// Runs every configured metric on the model with `adapters` (none = the base model) and
-/// inference-time `steering`; full reports go to `out_dir` (`eval.json`, `mmlu.json`,
-/// `trait_score.json`, `choice.json`).
+/// Runs every configured metric on `lm` (its adapters, none = the base model, and inference-time
+/// steering); full reports go to `out_dir` (`eval.json`, `mmlu.json`, `trait_score.json`,
+/// `choice.json`).
 pub fn evaluate(
-    lm: &LoadedModel,
-    adapters: Option<&Adapters>,
-    steering: Option<&Steering>,
+    lm: Lm,
+    tokenizer: &Tokenizer,
     persona: &PersonaEval,
     cfg: &EvalConfig,
     step: usize,
@@ -95,15 +93,7 @@ pub fn evaluate(
     let mut scalars = BTreeMap::new();
     if let Some(m) = &cfg.mmlu {
         let (test, dev) = mmlu::load(&m.source)?;
-        let report = mmlu::evaluate(
-            &lm.model,
-            adapters,
-            steering,
-            &lm.tokenizer,
-            &test,
-            dev.as_deref(),
-            m,
-        )?;
+        let report = mmlu::evaluate(lm, tokenizer, &test, dev.as_deref(), m)?;
         scalars.insert("eval/mmlu_acc".to_string(), report.micro);
         scalars.insert("eval/mmlu_macro_acc".to_string(), report.macro_);
         crate::atomic::write_json(&out_dir.join("mmlu.json"), &report)?;
@@ -112,7 +102,7 @@ pub fn evaluate(
         let mut all = BTreeMap::new();
         for c in &cfg.choice {
             let set = choice::load(&c.path)?;
-            let report = choice::evaluate(&lm.model, adapters, steering, &lm.tokenizer, &set, c)?;
+            let report = choice::evaluate(lm, tokenizer, &set, c)?;
             for (metric, value) in &report.metrics {
                 scalars.insert(format!("eval/{metric}"), *value);
             }
@@ -124,12 +114,11 @@ pub fn evaluate(
         let artifacts = persona.artifacts.context(
             "eval.trait_score needs the trait's artifacts (steering.trait / steering.artifacts)",
         )?;
-        let judge = t.judge.build(&lm.model.device())?;
+        let judge = t.judge.build(&lm.device())?;
         let vector = persona
             .vector
             .map(|(rows, layer)| (layer, rows[layer].as_slice()));
-        let report =
-            trait_score::evaluate(lm, adapters, steering, artifacts, judge.as_ref(), vector, t)?;
+        let report = trait_score::evaluate(lm, tokenizer, artifacts, judge.as_ref(), vector, t)?;
         if let Some(s) = report.trait_score {
             scalars.insert(format!("eval/{name}_score"), s);
         }
@@ -146,7 +135,7 @@ pub fn evaluate(
         crate::atomic::write_json(&out_dir.join("trait_score.json"), &report)?;
     }
     if let (true, Some(probes)) = (cfg.projection, persona.probes) {
-        let p = probes.measure(&lm.model, adapters)?;
+        let p = probes.measure(lm.with_steering(None))?;
         scalars.extend(projection_scalars(probes, &p));
     }
     let summary = EvalSummary {
@@ -160,7 +149,7 @@ pub fn evaluate(
 
 /// `eval/projection_shift/<trait>/{prompt_last,response_avg}/layer_<l>` and the headline
 /// `eval/projection_shift/<trait>` (last prompt token at the main layer).
-fn projection_scalars(probes: &Monitor, p: &Projections) -> Vec<(String, f64)> {
+fn projection_scalars(probes: &ProbeSet, p: &Projections) -> Vec<(String, f64)> {
     let t = &probes.trait_name;
     let mut out = Vec::new();
     for (k, &l) in probes.layers.iter().enumerate() {
@@ -180,18 +169,4 @@ fn projection_scalars(probes: &Monitor, p: &Projections) -> Vec<(String, f64)> {
         probes.main_shift(p) as f64,
     ));
     out
-}
-
-/// Appends `summary` to `<run>/eval.jsonl`, the run's evaluation history (checkpoint pruning
-/// does not touch it).
-pub fn append_history(run: &Path, summary: &EvalSummary) -> Result<()> {
-    use std::io::Write;
-    let path = crate::report::evals_path(run);
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    writeln!(f, "{}", serde_json::to_string(summary)?)
-        .with_context(|| format!("cannot write {}", path.display()))
 }

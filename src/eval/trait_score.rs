@@ -2,16 +2,14 @@
 //! a judge score trait expression and coherence (0–100), and project the answers' response-
 //! average activations onto the persona vector.
 
-use crate::generate::{generate_seeded, Sampling};
+use crate::generate::{generate_seeded, Sampling, Specials};
 use crate::judge::{rubric, Judge, JudgeConfig};
-use crate::loader::LoadedModel;
-use crate::lora::Adapters;
+use crate::lm::Lm;
+use crate::persona::activations::activation_averages;
 use crate::persona::artifacts::TraitArtifacts;
-use crate::persona::extract::activation_averages;
 use crate::persona::vector::project;
 use crate::progress::Progress;
-use crate::steering::Steering;
-use crate::tokenizer::ChatMessage;
+use crate::tokenizer::{ChatMessage, Tokenizer};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
@@ -69,13 +67,12 @@ pub struct TraitScoreReport {
 }
 
 /// Answers every evaluation question `cfg.rollouts` times (seeded per question and rollout, so
-/// batching does not change a sample) through `adapters` and inference-time `steering`, and
+/// batching does not change a sample) through `lm`'s adapters and inference-time steering, and
 /// scores them. `vector` is the persona vector's row at the layer to project on, with its
 /// hidden-state index.
 pub fn evaluate(
-    lm: &LoadedModel,
-    adapters: Option<&Adapters>,
-    steering: Option<&Steering>,
+    lm: Lm,
+    tokenizer: &Tokenizer,
     artifacts: &TraitArtifacts,
     judge: &dyn Judge,
     vector: Option<(usize, &[f32])>,
@@ -85,74 +82,22 @@ pub fn evaluate(
         .questions
         .unwrap_or(usize::MAX)
         .min(artifacts.eval_questions.len());
-    let questions = &artifacts.eval_questions[..n];
+    let scorer = Scorer {
+        lm,
+        tokenizer,
+        questions: &artifacts.eval_questions[..n],
+        rubric: &artifacts.eval_prompt,
+        judge,
+        vector,
+    };
     let jobs: Vec<(usize, usize)> = (0..n)
         .flat_map(|q| (0..cfg.rollouts).map(move |r| (q, r)))
         .collect();
-    let sampling = Sampling {
-        max_new_tokens: cfg.max_new_tokens,
-        temperature: cfg.temperature,
-        top_p: 1.0,
-        seed: cfg.seed,
-    };
-    let pad = lm.tokenizer.pad_id().or(lm.tokenizer.eos_id()).unwrap_or(0);
     let bar = Progress::new(jobs.len() as u64, "trait score");
     let mut answers = Vec::with_capacity(jobs.len());
     for chunk in jobs.chunks(cfg.batch_size.max(1)) {
-        let prompts = chunk
-            .iter()
-            .map(|&(q, _)| {
-                Ok(lm
-                    .tokenizer
-                    .encode_chat(&[ChatMessage::new("user", &questions[q])], true)?
-                    .ids)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let seeds: Vec<u64> = chunk
-            .iter()
-            .map(|&(q, r)| cfg.seed.wrapping_add((q * 1_000 + r) as u64))
-            .collect();
-        let replies = generate_seeded(
-            &lm.model,
-            adapters,
-            &prompts,
-            &seeds,
-            lm.tokenizer.stop_ids(),
-            pad,
-            &sampling,
-            steering,
-        )?;
-        let texts = replies
-            .iter()
-            .map(|ids| lm.tokenizer.decode(ids, true))
-            .collect::<Result<Vec<_>>>()?;
-        let trait_prompts: Vec<String> = chunk
-            .iter()
-            .zip(&texts)
-            .map(|(&(q, _), a)| rubric::fill(&artifacts.eval_prompt, &questions[q], a))
-            .collect();
-        let coherence_prompts: Vec<String> = chunk
-            .iter()
-            .zip(&texts)
-            .map(|(&(q, _), a)| rubric::fill(rubric::COHERENCE, &questions[q], a))
-            .collect();
-        let traits = judge.score(&trait_prompts)?;
-        let coherence = judge.score(&coherence_prompts)?;
-        for (i, &(q, _)) in chunk.iter().enumerate() {
-            let projection = match vector {
-                Some((layer, v)) => {
-                    answer_projection(lm, adapters, &questions[q], &texts[i], layer, v)?
-                }
-                None => None,
-            };
-            answers.push(ScoredAnswer {
-                question: questions[q].clone(),
-                answer: texts[i].clone(),
-                trait_score: traits[i],
-                coherence: coherence[i],
-                projection,
-            });
-        }
+        let texts = scorer.answer(chunk, cfg)?;
+        answers.extend(scorer.score(chunk, texts)?);
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
@@ -169,28 +114,85 @@ pub fn evaluate(
     })
 }
 
-/// The answer's response-average activation at hidden-state `layer`, projected on `v`; `None`
-/// for an empty answer.
-fn answer_projection(
-    lm: &LoadedModel,
-    adapters: Option<&Adapters>,
-    question: &str,
-    answer: &str,
-    layer: usize,
-    v: &[f32],
-) -> Result<Option<f32>> {
-    let chat = [
-        ChatMessage::new("user", question),
-        ChatMessage::new("assistant", answer),
-    ];
-    let enc = lm.tokenizer.encode_chat(&chat, false)?;
-    let (Some(start), Some(end)) = (enc.response_start, enc.response_end) else {
-        return Ok(None);
-    };
-    if end <= start {
-        return Ok(None);
+/// What answering and scoring one batch of `(question, rollout)` jobs needs.
+struct Scorer<'a> {
+    lm: Lm<'a>,
+    tokenizer: &'a Tokenizer,
+    questions: &'a [String],
+    rubric: &'a str,
+    judge: &'a dyn Judge,
+    vector: Option<(usize, &'a [f32])>,
+}
+
+impl Scorer<'_> {
+    /// One sampled answer per job.
+    fn answer(&self, jobs: &[(usize, usize)], cfg: &TraitScoreConfig) -> Result<Vec<String>> {
+        let prompts = jobs
+            .iter()
+            .map(|&(q, _)| {
+                let chat = [ChatMessage::new("user", &self.questions[q])];
+                Ok(self.tokenizer.encode_chat(&chat, true)?.ids)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let seeds: Vec<u64> = jobs
+            .iter()
+            .map(|&(q, r)| cfg.seed.wrapping_add((q * 1_000 + r) as u64))
+            .collect();
+        let sampling = Sampling {
+            max_new_tokens: cfg.max_new_tokens,
+            temperature: cfg.temperature,
+            top_p: 1.0,
+            seed: cfg.seed,
+        };
+        let specials = Specials::of(self.tokenizer);
+        generate_seeded(self.lm, &prompts, &seeds, &specials, &sampling)?
+            .iter()
+            .map(|ids| self.tokenizer.decode(ids, true))
+            .collect()
     }
-    let acts = activation_averages(&lm.model, adapters, &enc.ids, start..end)
-        .context("answer activations")?;
-    Ok(Some(project(&acts["response_avg"][layer], v)))
+
+    /// The judge's trait and coherence scores of each answer, and its projection.
+    fn score(&self, jobs: &[(usize, usize)], texts: Vec<String>) -> Result<Vec<ScoredAnswer>> {
+        let prompts = |rubric: &str| -> Vec<String> {
+            jobs.iter()
+                .zip(&texts)
+                .map(|(&(q, _), a)| rubric::fill(rubric, &self.questions[q], a))
+                .collect()
+        };
+        let traits = self.judge.score(&prompts(self.rubric))?;
+        let coherence = self.judge.score(&prompts(rubric::COHERENCE))?;
+        let mut out = Vec::with_capacity(jobs.len());
+        for (i, (&(q, _), answer)) in jobs.iter().zip(texts).enumerate() {
+            out.push(ScoredAnswer {
+                question: self.questions[q].clone(),
+                projection: self.projection(&self.questions[q], &answer)?,
+                answer,
+                trait_score: traits[i],
+                coherence: coherence[i],
+            });
+        }
+        Ok(out)
+    }
+
+    /// The answer's response-average activation at the vector's layer (through the adapters,
+    /// without steering) projected on it; `None` without a vector or for an empty answer.
+    fn projection(&self, question: &str, answer: &str) -> Result<Option<f32>> {
+        let Some((layer, v)) = self.vector else {
+            return Ok(None);
+        };
+        let chat = [
+            ChatMessage::new("user", question),
+            ChatMessage::new("assistant", answer),
+        ];
+        let enc = self.tokenizer.encode_chat(&chat, false)?;
+        let (Some(start), Some(end)) = (enc.response_start, enc.response_end) else {
+            return Ok(None);
+        };
+        if end <= start {
+            return Ok(None);
+        }
+        let acts = activation_averages(self.lm.with_steering(None), &enc.ids, start..end)
+            .context("answer activations")?;
+        Ok(Some(project(&acts["response_avg"][layer], v)))
+    }
 }

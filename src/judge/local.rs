@@ -30,7 +30,7 @@
 
 use super::{aggregate_score, number_value, Judge, MIN_NUMBER_MASS};
 use crate::loader::{self, LoadedModel};
-use crate::model::{CausalLm, ForwardInput, LogitsFor};
+use crate::model::{CausalLm, Forward, ForwardInput, LogitsFor};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 use anyhow::{ensure, Context, Result};
 use burn::tensor::{DType, Device};
@@ -120,12 +120,10 @@ impl LocalJudge {
             "cannot judge an empty prompt"
         );
         let device = self.model.device();
-        // The pad id never matters: padded keys are masked out.
-        let pad_id = self.tokenizer.pad_id().unwrap_or(0);
-        let input = ForwardInput::left_padded(rows, pad_id, &device);
+        let input = ForwardInput::left_padded(rows, self.tokenizer.pad_or_eos(), &device);
         let logits = self
             .model
-            .forward(&input, None, None, None, LogitsFor::Last, false)?
+            .forward(&input, Forward::logits(LogitsFor::Last))?
             .logits
             .context("the model returned no logits")?;
         let logits: Vec<f32> = logits.into_data().convert::<f32>().try_into_vec()?;

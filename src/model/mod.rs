@@ -3,11 +3,13 @@
 
 pub mod cache;
 pub mod config;
+pub mod lora;
 pub mod rope;
 pub mod transformer;
 
 pub use cache::KvCache;
 pub use config::{Architecture, Llama3RopeScaling, ModelConfig, RopeScaling};
+pub use lora::Adapters;
 pub use transformer::CausalLm;
 
 use anyhow::Result;
@@ -127,12 +129,47 @@ impl ForwardInput {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogitsFor {
     All,
     /// Only the last position: what generation needs, and it skips most of the vocab matmul.
     Last,
+    #[default]
     None,
+}
+
+/// What one forward pass carries besides its tokens, and what it returns: start from
+/// [`Forward::logits`] or [`Forward::hidden_states`] and set the rest by field.
+#[derive(Default)]
+pub struct Forward<'a> {
+    /// Keys and values of earlier tokens, attended to and appended to (generation).
+    pub cache: Option<&'a mut KvCache>,
+    /// LoRA adapters on the blocks' projections.
+    pub adapters: Option<&'a Adapters>,
+    /// Edits of the residual stream after each block (steering, ablation).
+    pub intervention: Option<&'a Intervention>,
+    /// Which positions go through the output head.
+    pub logits: LogitsFor,
+    /// Whether every hidden state is returned.
+    pub hidden_states: bool,
+}
+
+impl Forward<'_> {
+    /// A pass that returns logits at `which` positions and no hidden states.
+    pub fn logits(which: LogitsFor) -> Self {
+        Self {
+            logits: which,
+            ..Self::default()
+        }
+    }
+
+    /// A pass that returns every hidden state and no logits.
+    pub fn hidden_states() -> Self {
+        Self {
+            hidden_states: true,
+            ..Self::default()
+        }
+    }
 }
 
 pub struct ForwardOutput {
@@ -181,4 +218,15 @@ impl Intervention {
         }
         x
     }
+}
+
+/// Row-major `[rows, cols]` → `[cols, rows]`.
+pub fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
 }

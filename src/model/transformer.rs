@@ -4,9 +4,9 @@
 
 use super::cache::KvCache;
 use super::config::ModelConfig;
+use super::lora::{Adapters, Target};
 use super::rope::{self, Rope};
-use super::{ForwardInput, ForwardOutput, Intervention, LogitsFor, ParamSource};
-use crate::lora::{Adapters, Target};
+use super::{transpose, Forward, ForwardInput, ForwardOutput, LogitsFor, ParamSource};
 use anyhow::{ensure, Context, Result};
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear, RmsNorm};
@@ -251,8 +251,8 @@ impl CausalLm {
         })
     }
 
-    /// Runs the model over `input.input_ids`, appending to `cache` when given, with LoRA
-    /// `adapters` on its projections and `intervention` on the residual stream when given.
+    /// Runs the model over `input.input_ids` with what `pass` carries: appending to its cache,
+    /// its LoRA adapters on the projections, its intervention on the residual stream.
     ///
     /// Hidden states follow transformers' `output_hidden_states`: index 0 is the embedding
     /// output, index N (1 ≤ N < layers) the output of block N-1 (after any intervention), and
@@ -262,15 +262,14 @@ impl CausalLm {
     /// - input_ids: `[batch, seq]`
     /// - logits: `[batch, seq, vocab]` (`LogitsFor::All`) or `[batch, 1, vocab]` (`Last`)
     /// - hidden_states: `layers + 1` tensors of `[batch, seq, hidden]`
-    pub fn forward(
-        &self,
-        input: &ForwardInput,
-        mut cache: Option<&mut KvCache>,
-        adapters: Option<&Adapters>,
-        intervention: Option<&Intervention>,
-        logits_for: LogitsFor,
-        output_hidden_states: bool,
-    ) -> Result<ForwardOutput> {
+    pub fn forward(&self, input: &ForwardInput, pass: Forward) -> Result<ForwardOutput> {
+        let Forward {
+            mut cache,
+            adapters,
+            intervention,
+            logits: logits_for,
+            hidden_states: output_hidden_states,
+        } = pass;
         // Burn's gather would panic on an id past the embedding's rows.
         ensure!(
             (input.max_id() as usize) < self.config.vocab_size,
@@ -427,15 +426,4 @@ impl Builder<'_> {
             epsilon: c.rms_norm_eps,
         })
     }
-}
-
-/// Row-major `[rows, cols]` → `[cols, rows]`.
-pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; values.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = values[r * cols + c];
-        }
-    }
-    out
 }

@@ -4,21 +4,19 @@
 //!
 //! Rollouts and their scores are written to JSONL as they finish, so a re-run resumes from them.
 
-use crate::generate::{generate_seeded, Sampling};
+use crate::generate::{generate_seeded, Sampling, Specials};
 use crate::judge::{rubric, Judge};
+use crate::lm::Lm;
 use crate::loader::LoadedModel;
-use crate::lora::Adapters;
-use crate::model::CausalLm;
-use crate::model::{ForwardInput, LogitsFor};
+use crate::persona::activations::{activation_averages, mean_difference};
 use crate::persona::artifacts::{Polarity, SystemPromptTemplate, TraitArtifacts};
-use crate::persona::vector::{PersonaVector, KINDS};
+use crate::persona::vector::PersonaVector;
 use crate::progress::Progress;
 use crate::tokenizer::ChatMessage;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// Everything `persona-train extract` can be told. Defaults are the `Default` impl.
@@ -26,10 +24,7 @@ use std::path::{Path, PathBuf};
 pub struct ExtractConfig {
     /// Sampled answers per question × instruction pair and polarity.
     pub rollouts: usize,
-    pub max_new_tokens: usize,
-    pub temperature: f32,
-    pub top_p: f32,
-    pub seed: u64,
+    pub sampling: Sampling,
     /// Prompts generated together.
     pub batch_size: usize,
     /// Positive answers need a trait score ≥ this, negative ones < this.
@@ -45,10 +40,12 @@ impl Default for ExtractConfig {
     fn default() -> Self {
         Self {
             rollouts: 1,
-            max_new_tokens: 96,
-            temperature: 1.0,
-            top_p: 1.0,
-            seed: 0,
+            sampling: Sampling {
+                max_new_tokens: 96,
+                temperature: 1.0,
+                top_p: 1.0,
+                seed: 0,
+            },
             batch_size: 16,
             trait_threshold: 50.0,
             coherence_threshold: 50.0,
@@ -168,24 +165,17 @@ pub fn extract(
             .iter()
             .map(|r| Ok(m.tokenizer.encode_chat(&chat(r, None), true)?.ids))
             .collect::<Result<Vec<_>>>()?;
-        let sampling = Sampling {
-            max_new_tokens: cfg.max_new_tokens,
-            temperature: cfg.temperature,
-            top_p: cfg.top_p,
-            seed: cfg.seed,
-        };
         // Seeded by the rollout's key, so a resumed run samples what an uninterrupted one would.
-        let seeds: Vec<u64> = chunk.iter().map(|r| rollout_seed(cfg.seed, r)).collect();
-        let pad = m.tokenizer.pad_id().or(m.tokenizer.eos_id()).unwrap_or(0);
+        let seeds: Vec<u64> = chunk
+            .iter()
+            .map(|r| rollout_seed(cfg.sampling.seed, r))
+            .collect();
         let answers = generate_seeded(
-            &m.model,
-            None,
+            Lm::new(&m.model),
             &prompts,
             &seeds,
-            m.tokenizer.stop_ids(),
-            pad,
-            &sampling,
-            None,
+            &Specials::of(&m.tokenizer),
+            &cfg.sampling,
         )?;
         for (r, ids) in chunk.iter_mut().zip(answers) {
             r.answer = m.tokenizer.decode(&ids, true)?;
@@ -248,9 +238,9 @@ pub fn extract(
                 .context("rendered chat has no assistant span")?;
             let end = enc.response_end.unwrap_or(enc.ids.len());
             acts.push(
-                activation_averages(&m.model, None, &enc.ids, start..end).with_context(|| {
-                    format!("question {}, instruction {}", r.question, r.instruction)
-                })?,
+                activation_averages(Lm::new(&m.model), &enc.ids, start..end).with_context(
+                    || format!("question {}, instruction {}", r.question, r.instruction),
+                )?,
             );
             bar.inc(1);
         }
@@ -275,8 +265,8 @@ pub fn extract(
             judge.map_or_else(|| "none".to_owned(), |j| j.describe()),
         ),
         ("rollouts".to_owned(), cfg.rollouts.to_string()),
-        ("max_new_tokens".to_owned(), cfg.max_new_tokens.to_string()),
-        ("seed".to_owned(), cfg.seed.to_string()),
+        ("max_new_tokens".to_owned(), cfg.sampling.max_new_tokens.to_string()),
+        ("seed".to_owned(), cfg.sampling.seed.to_string()),
     ]);
     PersonaVector { vectors, metadata }.save(out)?;
     Ok(ExtractSummary {
@@ -326,90 +316,6 @@ fn chat(r: &Rollout, answer: Option<&str>) -> Vec<ChatMessage> {
         });
     }
     messages
-}
-
-/// Hidden states at every layer averaged three ways: over the response tokens, over the prompt
-/// tokens, and the last prompt token alone. `ids` is one rendered chat, `response` its span.
-pub fn activation_averages(
-    model: &CausalLm,
-    adapters: Option<&Adapters>,
-    ids: &[u32],
-    response: Range<usize>,
-) -> Result<Activations> {
-    let (start, end) = (response.start, response.end);
-    anyhow::ensure!(
-        start > 0 && end > start && end <= ids.len(),
-        "empty prompt or response (span {start}..{end} of {})",
-        ids.len()
-    );
-    let out = model.forward(
-        &ForwardInput::dense(&[ids.to_vec()], 0, &model.device()),
-        None,
-        adapters,
-        None,
-        LogitsFor::None,
-        true,
-    )?;
-    let mut acts: Activations = KINDS.iter().map(|&k| (k, Vec::new())).collect();
-    for h in out.hidden_states {
-        let [_, t, d] = h.dims();
-        let h = h.reshape([t, d]);
-        let mean = |range: Range<usize>| -> Result<Vec<f32>> {
-            Ok(h.clone()
-                .slice([range])
-                .mean_dim(0)
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec()?)
-        };
-        for (kind, rows) in acts.iter_mut() {
-            rows.push(match *kind {
-                "response_avg" => mean(start..end)?,
-                "prompt_avg" => mean(0..start)?,
-                _ => mean(start - 1..start)?,
-            });
-        }
-    }
-    Ok(acts)
-}
-
-/// Per kind, `[layers + 1][hidden]`.
-pub type Activations = BTreeMap<&'static str, Vec<Vec<f32>>>;
-
-/// The persona vector: mean of the positive activations minus mean of the negative ones, raw
-/// (not normalized), accumulated in f64.
-pub fn mean_difference(
-    pos: &[Activations],
-    neg: &[Activations],
-) -> BTreeMap<String, Vec<Vec<f32>>> {
-    let mean = |acts: &[Activations], kind: &str| -> Vec<Vec<f64>> {
-        let mut sum: Vec<Vec<f64>> = Vec::new();
-        for a in acts {
-            let rows = &a[kind];
-            if sum.is_empty() {
-                sum = rows.iter().map(|r| vec![0.0; r.len()]).collect();
-            }
-            for (s, r) in sum.iter_mut().zip(rows) {
-                s.iter_mut().zip(r).for_each(|(s, &x)| *s += x as f64);
-            }
-        }
-        let n = acts.len().max(1) as f64;
-        sum.into_iter()
-            .map(|r| r.into_iter().map(|x| x / n).collect())
-            .collect()
-    };
-    KINDS
-        .iter()
-        .map(|&kind| {
-            let (p, q) = (mean(pos, kind), mean(neg, kind));
-            let diff = p
-                .iter()
-                .zip(&q)
-                .map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y) as f32).collect())
-                .collect();
-            (kind.to_owned(), diff)
-        })
-        .collect()
 }
 
 /// Rollouts already written. A crash can tear the last line; it is dropped (and the file

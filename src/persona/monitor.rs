@@ -13,9 +13,9 @@
 //!
 //! It writes one JSON line per prompt and trait and repeats alerts on stderr.
 
-use crate::cli::ModelArgs;
-use crate::lora::Adapters;
-use crate::model::{CausalLm, ForwardInput, LogitsFor};
+use crate::lm::Lm;
+use crate::loader::ModelSpec;
+use crate::model::{Forward, ForwardInput};
 use crate::persona::vector::TraitDirection;
 use crate::progress::Progress;
 use crate::tokenizer::chat::parse_chat_line;
@@ -28,38 +28,30 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
-#[derive(clap::Args)]
-pub struct MonitorArgs {
-    #[command(flatten)]
-    model: ModelArgs,
+/// Everything one `persona-train monitor` run needs.
+#[derive(Debug, Clone)]
+pub struct MonitorJob {
+    pub model: ModelSpec,
     /// Persona-vector file (.safetensors) or llama.cpp control vector (.gguf); repeat to monitor
     /// several traits in the same pass.
-    #[arg(long, required = true)]
-    vector: Vec<PathBuf>,
+    pub vector: Vec<PathBuf>,
     /// Which of the file's vectors to project on (the paper monitors with the response-average
     /// persona vector).
-    #[arg(long, default_value = "response_avg")]
-    vector_kind: String,
+    pub vector_kind: String,
     /// Hidden-state index to project at (every vector); default: each file's recommended layer,
     /// else 2/3 of the depth.
-    #[arg(long)]
-    layer: Option<usize>,
+    pub layer: Option<usize>,
     /// Alert when a projection is above this. One value for every vector, or one per `--vector`
     /// in the same order.
-    #[arg(long, allow_negative_numbers = true)]
-    threshold: Vec<f32>,
+    pub threshold: Vec<f32>,
     /// Prompts file (see the module docs for the accepted line forms); `-` reads stdin.
-    #[arg(long)]
-    prompts: String,
+    pub prompts: String,
     /// Write the JSON lines here instead of stdout.
-    #[arg(long)]
-    out: Option<PathBuf>,
+    pub out: Option<PathBuf>,
     /// Prompts per forward pass.
-    #[arg(long, default_value_t = 16)]
-    batch_size: usize,
+    pub batch_size: usize,
     /// Exit with an error when any prompt alerts (for pipelines).
-    #[arg(long)]
-    fail_on_alert: bool,
+    pub fail_on_alert: bool,
 }
 
 /// One input line, parsed.
@@ -120,8 +112,7 @@ pub fn parse_prompts(text: &str, origin: &str) -> Result<Vec<MonitoredPrompt>> {
 /// (left padding puts every row's last prompt token in the last column). `prompts` are token ids
 /// with the chat template and generation prompt applied. Returns `[prompt][direction]`.
 pub fn last_token_projections(
-    model: &CausalLm,
-    adapters: Option<&Adapters>,
+    lm: Lm,
     prompts: &[Vec<u32>],
     directions: &[TraitDirection],
 ) -> Result<Vec<Vec<f32>>> {
@@ -132,13 +123,9 @@ pub fn last_token_projections(
     if prompts.is_empty() {
         return Ok(Vec::new());
     }
-    let out = model.forward(
-        &ForwardInput::left_padded(prompts, 0, &model.device()),
-        None,
-        adapters,
-        None,
-        LogitsFor::None,
-        true,
+    let out = lm.forward(
+        &ForwardInput::left_padded(prompts, 0, &lm.device()),
+        Forward::hidden_states(),
     )?;
     last_column_projections(&out.hidden_states, directions)
 }
@@ -199,7 +186,8 @@ pub struct MonitorRecord {
     pub alert: bool,
 }
 
-pub fn run(a: MonitorArgs) -> Result<()> {
+/// Reads the prompts, projects each one's last token on every vector and writes the records.
+pub fn run(a: &MonitorJob) -> Result<()> {
     ensure!(a.batch_size > 0, "--batch-size must be at least 1");
     ensure!(
         a.threshold.len() <= 1 || a.threshold.len() == a.vector.len(),
@@ -259,7 +247,7 @@ pub fn run(a: MonitorArgs) -> Result<()> {
         .zip(ids.chunks(a.batch_size))
         .enumerate()
     {
-        let projections = last_token_projections(&m.model, None, ids, &directions)?;
+        let projections = last_token_projections(Lm::new(&m.model), ids, &directions)?;
         for (k, (p, row)) in ps.iter().zip(projections).enumerate() {
             let mut alerted = false;
             for ((d, &threshold), projection) in directions.iter().zip(&thresholds).zip(row) {

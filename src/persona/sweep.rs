@@ -5,11 +5,12 @@
 //! Every layer answers each (question, rollout) with the same sampling seed as the unsteered
 //! baseline, so differences between rows come from steering, not from sampling.
 
-use crate::generate::{generate_seeded, Sampling};
+use crate::generate::{generate_seeded, Sampling, Specials};
 use crate::judge::{rubric, Judge};
+use crate::lm::Lm;
 use crate::loader::LoadedModel;
+use crate::persona::activations::activation_averages;
 use crate::persona::artifacts::TraitArtifacts;
-use crate::persona::extract::activation_averages;
 use crate::persona::vector::{project, PersonaVector};
 use crate::plot::{LineChart, Series};
 use crate::progress::Progress;
@@ -29,10 +30,8 @@ pub struct SweepConfig {
     pub questions: usize,
     /// Sampled answers per question.
     pub rollouts: usize,
-    pub max_new_tokens: usize,
-    pub temperature: f32,
-    pub top_p: f32,
-    pub seed: u64,
+    #[serde(flatten)]
+    pub sampling: Sampling,
     /// Prompts generated together.
     pub batch_size: usize,
     /// Only layers whose mean coherence reaches this are recommended, unless none does.
@@ -46,10 +45,12 @@ impl Default for SweepConfig {
             coef: 1.0,
             questions: 10,
             rollouts: 1,
-            max_new_tokens: 64,
-            temperature: 1.0,
-            top_p: 1.0,
-            seed: 0,
+            sampling: Sampling {
+                max_new_tokens: 64,
+                temperature: 1.0,
+                top_p: 1.0,
+                seed: 0,
+            },
             batch_size: 16,
             min_coherence: 50.0,
         }
@@ -222,7 +223,7 @@ pub fn sweep(
             slots.push(Slot {
                 question,
                 rollout,
-                seed: answer_seed(cfg.seed, question, rollout),
+                seed: answer_seed(cfg.sampling.seed, question, rollout),
                 prompt: prompt.clone(),
             });
         }
@@ -294,27 +295,13 @@ fn answer(
     cfg: &SweepConfig,
     bar: &Progress,
 ) -> Result<Vec<SweepAnswer>> {
-    let sampling = Sampling {
-        max_new_tokens: cfg.max_new_tokens,
-        temperature: cfg.temperature,
-        top_p: cfg.top_p,
-        seed: cfg.seed,
-    };
-    let pad = m.tokenizer.pad_id().or(m.tokenizer.eos_id()).unwrap_or(0);
+    let lm = Lm::new(&m.model).with_steering(steering);
+    let specials = Specials::of(&m.tokenizer);
     let mut answers = Vec::with_capacity(slots.len());
     for chunk in slots.chunks(cfg.batch_size.max(1)) {
         let prompts: Vec<Vec<u32>> = chunk.iter().map(|s| s.prompt.clone()).collect();
         let seeds: Vec<u64> = chunk.iter().map(|s| s.seed).collect();
-        let ids = generate_seeded(
-            &m.model,
-            None,
-            &prompts,
-            &seeds,
-            m.tokenizer.stop_ids(),
-            pad,
-            &sampling,
-            steering,
-        )?;
+        let ids = generate_seeded(lm, &prompts, &seeds, &specials, &cfg.sampling)?;
         for (s, ids) in chunk.iter().zip(ids) {
             answers.push(SweepAnswer {
                 question: s.question,
@@ -369,7 +356,7 @@ fn response_average(m: &LoadedModel, a: &SweepAnswer) -> Result<Option<Vec<Vec<f
     if end <= start {
         return Ok(None);
     }
-    let mut acts = activation_averages(&m.model, None, &enc.ids, start..end)?;
+    let mut acts = activation_averages(Lm::new(&m.model), &enc.ids, start..end)?;
     Ok(acts.remove("response_avg"))
 }
 

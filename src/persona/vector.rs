@@ -187,12 +187,12 @@ impl TraitDirection {
             rows[layer].len(),
             config.hidden_size
         );
-        let norm = rows[layer].iter().map(|x| x * x).sum::<f32>().sqrt();
-        ensure!(
-            norm > 0.0,
-            "{}: row {layer} is zero, so it has no direction",
-            path.display()
-        );
+        let unit = crate::steering::unit(&rows[layer]).with_context(|| {
+            format!(
+                "{}: row {layer} is zero, so it has no direction",
+                path.display()
+            )
+        })?;
         let trait_name = match path.extension().is_some_and(|e| e == "gguf") {
             true => None,
             false => PersonaVector::load(path)?.metadata.get("trait").cloned(),
@@ -204,7 +204,7 @@ impl TraitDirection {
         Ok(Self {
             trait_name,
             layer,
-            unit: rows[layer].iter().map(|x| x / norm).collect(),
+            unit,
             rows,
         })
     }

@@ -8,8 +8,9 @@
 //! steering, so a reply does not depend on what else is in the batch (up to float noise).
 
 use crate::generate::{sample, Sampling};
-use crate::lora::Adapters;
-use crate::model::{CausalLm, ForwardInput, KvCache, LogitsFor};
+use crate::lm::Lm;
+use crate::model::lora::Adapters;
+use crate::model::{CausalLm, Forward, ForwardInput, KvCache, LogitsFor};
 use crate::persona::monitor::last_column_projections;
 use crate::persona::vector::TraitDirection;
 use crate::steering::{Positions, Steering};
@@ -224,14 +225,14 @@ impl Engine {
             &device,
         )?;
         let mut new_cache = KvCache::new(self.model.config().num_layers);
-        let out = self.model.forward(
-            &input,
-            Some(&mut new_cache),
-            self.adapters.as_ref(),
-            intervention.as_ref(),
-            LogitsFor::Last,
-            !self.monitors.is_empty(),
-        )?;
+        let pass = Forward {
+            cache: Some(&mut new_cache),
+            adapters: self.adapters.as_ref(),
+            intervention: intervention.as_ref(),
+            logits: LogitsFor::Last,
+            hidden_states: !self.monitors.is_empty(),
+        };
+        let out = self.model.forward(&input, pass)?;
         let logits = host(out.logits.expect("LogitsFor::Last returns logits"))?;
         // The monitor reads the prompt as the unsteered model sees it: otherwise a request could
         // steer its own reading below a refusal threshold. Steered batches pay a second prefill.
@@ -239,14 +240,8 @@ impl Engine {
             (_, true) => Vec::new(),
             (None, false) => self.readings(&out.hidden_states)?,
             (Some(_), false) => {
-                let unsteered = self.model.forward(
-                    &input,
-                    None,
-                    self.adapters.as_ref(),
-                    None,
-                    LogitsFor::None,
-                    true,
-                )?;
+                let lm = Lm::new(&self.model).with_adapters(self.adapters.as_ref());
+                let unsteered = lm.forward(&input, Forward::hidden_states())?;
                 self.readings(&unsteered.hidden_states)?
             }
         };
@@ -332,14 +327,13 @@ impl Engine {
             Tensor::from_data(TensorData::new(mask, [b, 1]), &device),
             &device,
         )?;
-        let out = self.model.forward(
-            &input,
-            Some(cache),
-            self.adapters.as_ref(),
-            intervention.as_ref(),
-            LogitsFor::Last,
-            false,
-        )?;
+        let pass = Forward {
+            cache: Some(cache),
+            adapters: self.adapters.as_ref(),
+            intervention: intervention.as_ref(),
+            ..Forward::logits(LogitsFor::Last)
+        };
+        let out = self.model.forward(&input, pass)?;
         let logits = host(out.logits.expect("LogitsFor::Last returns logits"))?;
         let vocab = self.model.config().vocab_size;
         let mut kept = Vec::with_capacity(b);

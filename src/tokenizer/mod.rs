@@ -362,6 +362,12 @@ impl Tokenizer {
         self.pad
     }
 
+    /// The id to pad batches with: the pad token, else EOS, else 0 (padding is masked, so any
+    /// id in the vocabulary does).
+    pub fn pad_or_eos(&self) -> u32 {
+        self.pad.or(self.eos).unwrap_or(0)
+    }
+
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }

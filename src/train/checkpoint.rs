@@ -3,7 +3,8 @@
 //! directory and renamed into place, so a crash never leaves a torn checkpoint; the rename is
 //! the step's commit point (see [`Staged`]).
 
-use crate::lora::{host, host_tensor, Adapters};
+use crate::model::lora::{host, host_tensor, Adapters};
+use crate::recipe::OptimConfig;
 use crate::tensor_file::{self, Values};
 use crate::train::optim::AdamW;
 use anyhow::{bail, ensure, Context, Result};
@@ -70,7 +71,7 @@ pub fn stage(
             .with_context(|| format!("cannot remove {}", tmp.display()))?;
     }
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    adapters.save_peft(&tmp, base_model)?;
+    crate::loader::peft::save(adapters, &tmp, base_model)?;
     let moments: Vec<(String, Vec<f32>, Vec<usize>)> = optimizer
         .m
         .iter()
@@ -119,10 +120,11 @@ pub fn commit(run: &Path, staged: Staged, keep_last: usize) -> Result<PathBuf> {
 }
 
 /// Reads a checkpoint back: trainer state, adapters and optimizer moments (in the order of
-/// `Adapters::iter`, A then B).
+/// `Adapters::iter`, A then B), the optimizer continuing with the hyper-parameters `optim`.
 pub fn load(
     dir: &Path,
     model: &crate::model::ModelConfig,
+    optim: &OptimConfig,
     device: &Device,
 ) -> Result<(TrainerState, Adapters, AdamW)> {
     let state_path = dir.join("trainer_state.json");
@@ -130,7 +132,7 @@ pub fn load(
         .with_context(|| format!("cannot read {}", state_path.display()))?;
     let state: TrainerState = serde_json::from_str(&text)
         .with_context(|| format!("{}: not a trainer state", state_path.display()))?;
-    let adapters = Adapters::load_peft(dir, model, device)?;
+    let adapters = crate::loader::peft::load(dir, model, device)?;
     let path = dir.join("optimizer.safetensors");
     let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
@@ -182,6 +184,7 @@ pub fn load(
         state,
         adapters,
         AdamW {
+            cfg: optim.clone(),
             m,
             v,
             step: adam_step,

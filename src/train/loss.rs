@@ -2,9 +2,9 @@
 //! any training-time steering in the forward pass.
 
 use crate::data::Example;
-use crate::lora::Adapters;
-use crate::model::{CausalLm, ForwardInput, LogitsFor};
-use crate::steering::{Positions, Steering};
+use crate::lm::Lm;
+use crate::model::{Forward, ForwardInput};
+use crate::steering::Positions;
 use anyhow::Result;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
@@ -79,25 +79,15 @@ impl Batch {
     }
 }
 
-/// Summed negative log-likelihood of the batch's targets (a scalar `[1]`), through `adapters` and
-/// `steering`. Divide by the number of targets of the whole optimizer step before `backward`.
-pub fn nll_sum(
-    model: &CausalLm,
-    adapters: &Adapters,
-    steering: Option<&Steering>,
-    batch: &Batch,
-) -> Result<Tensor<1>> {
-    let device = model.device();
-    let intervention =
-        steering.map(|s| s.intervention(&device, batch.steering_mask(s.positions, &device)));
-    let out = model.forward(
-        &batch.input,
-        None,
-        Some(adapters),
-        intervention.as_ref(),
-        LogitsFor::None,
-        true,
-    )?;
+/// Summed negative log-likelihood of the batch's targets (a scalar `[1]`), through `lm`'s adapters
+/// and steering (at the batch's positions the steering names). Divide by the number of targets of
+/// the whole optimizer step before `backward`.
+pub fn nll_sum(lm: Lm, batch: &Batch) -> Result<Tensor<1>> {
+    let device = lm.device();
+    let mask = lm
+        .steering
+        .and_then(|s| batch.steering_mask(s.positions, &device));
+    let out = lm.forward_masked(&batch.input, mask, Forward::hidden_states())?;
     let last = out
         .hidden_states
         .into_iter()
@@ -110,9 +100,10 @@ pub fn nll_sum(
     // of a chat, and the head is the largest matmul.
     let rows = last.reshape([batch.rows * batch.seq, h]).select(0, at);
     // The loss is taken in f32 whatever the model's dtype (transformers upcasts the logits).
-    let logits = model
+    let logits = lm
+        .model
         .head(rows.unsqueeze::<3>())
-        .reshape([n, model.config().vocab_size])
+        .reshape([n, lm.config().vocab_size])
         .cast(DType::F32);
     let ids = Tensor::<2, Int>::from_data(TensorData::new(batch.predict.clone(), [n, 1]), &device);
     Ok(log_softmax(logits, 1).gather(1, ids).sum().neg())

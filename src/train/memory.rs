@@ -14,7 +14,7 @@
 //! batch 4×256, every token a target): 2.9 GiB (3.1 GB) estimated, 3.47 GB peak RSS measured
 //! (the rest is the allocator's slack, the tokenizer and the data).
 
-use crate::lora::Adapters;
+use crate::model::lora::Adapters;
 use crate::model::ModelConfig;
 use burn::tensor::DType;
 

@@ -42,8 +42,10 @@ pub fn clip(grads: Vec<Tensor<2>>, norm: f64, max_norm: f64) -> Vec<Tensor<2>> {
     grads.into_iter().map(|g| g * factor as f32).collect()
 }
 
-/// AdamW moments, one pair per parameter, in the order parameters are handed in.
+/// AdamW with its hyper-parameters and moments, one pair per parameter, in the order parameters
+/// are handed in.
 pub struct AdamW {
+    pub cfg: OptimConfig,
     pub m: Vec<Tensor<2>>,
     pub v: Vec<Tensor<2>>,
     /// Updates applied so far (bias correction uses `step + 1` for the next one).
@@ -51,9 +53,10 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    pub fn new(params: &[Tensor<2>]) -> Self {
+    pub fn new(params: &[Tensor<2>], cfg: &OptimConfig) -> Self {
         let zeros = |p: &Tensor<2>| Tensor::zeros(p.dims(), &p.device());
         Self {
+            cfg: cfg.clone(),
             m: params.iter().map(zeros).collect(),
             v: params.iter().map(zeros).collect(),
             step: 0,
@@ -67,8 +70,8 @@ impl AdamW {
         params: Vec<Tensor<2>>,
         grads: Vec<Tensor<2>>,
         lr: f64,
-        cfg: &OptimConfig,
     ) -> Vec<Tensor<2>> {
+        let cfg = &self.cfg;
         self.step += 1;
         let [b1, b2] = cfg.betas;
         let bc1 = 1.0 - b1.powi(self.step as i32);

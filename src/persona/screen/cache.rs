@@ -1,7 +1,7 @@
 //! The on-disk caches of base answers and projections, under [`cache_dir`].
 
 use super::{SpanProjections, Teacher};
-use crate::generate::Sampling;
+use crate::generate::{Sampling, Specials};
 use crate::loader::LoadedModel;
 use crate::persona::vector::TraitDirection;
 use crate::source::ModelFiles;
@@ -149,15 +149,14 @@ impl AnswerCache {
         dir: &Path,
         m: &LoadedModel,
         sampling: &Sampling,
-        stop_ids: &[u32],
-        pad: u32,
+        specials: &Specials,
     ) -> Result<Self> {
         let meta = serde_json::json!({
             "model": model_identity(&m.files)?,
             "max_new_tokens": sampling.max_new_tokens,
             "decoding": "greedy",
-            "stop_ids": stop_ids,
-            "pad_id": pad,
+            "stop_ids": specials.stop,
+            "pad_id": specials.pad,
             "dtype": format!("{:?}", m.model.model.embed_tokens.weight.val().dtype()),
         });
         let key = hex(&sha2::Sha256::digest(meta.to_string().as_bytes()))[..16].to_owned();

@@ -4,63 +4,48 @@
 use super::{
     cache_dir, drop_mask, score, summarize, Dataset, DatasetSummary, SampleScore, ScreenConfig,
 };
-use crate::cli::ModelArgs;
+use crate::loader::ModelSpec;
 use crate::persona::vector::TraitDirection;
 use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 use std::path::PathBuf;
 
-#[derive(clap::Args)]
-pub struct ScreenArgs {
-    #[command(flatten)]
-    model: ModelArgs,
+/// Everything one `persona-train screen` run needs.
+#[derive(Debug, Clone)]
+pub struct ScreenJob {
+    pub model: ModelSpec,
     /// Persona-vector file (.safetensors) or llama.cpp control vector (.gguf).
-    #[arg(long)]
-    vector: PathBuf,
-    #[arg(long, default_value = "response_avg")]
-    vector_kind: String,
+    pub vector: PathBuf,
+    pub vector_kind: String,
     /// Hidden-state index to project at; default: the file's recommended layer, else 2/3 of the
     /// depth.
-    #[arg(long)]
-    layer: Option<usize>,
+    pub layer: Option<usize>,
     /// Chat JSONL file(s) to screen; repeat to compare several side by side.
-    #[arg(long, required = true)]
-    data: Vec<PathBuf>,
+    pub data: Vec<PathBuf>,
     /// Ranked samples (JSONL, highest score first); the summary goes beside it as
     /// NAME.summary.json and the histogram as NAME.png.
-    #[arg(long)]
-    out: PathBuf,
+    pub out: PathBuf,
     /// Screen only the first N chats of each file.
-    #[arg(long)]
-    limit: Option<usize>,
+    pub limit: Option<usize>,
     /// Length of the base model's greedy answers.
-    #[arg(long, default_value_t = ScreenConfig::default().max_new_tokens)]
-    max_new_tokens: usize,
+    pub max_new_tokens: usize,
     /// Prompts generated (and chats measured) together.
-    #[arg(long, default_value_t = ScreenConfig::default().batch_size)]
-    batch_size: usize,
+    pub batch_size: usize,
     /// Average over at most this many response tokens (dataset and base answers alike).
-    #[arg(long)]
-    max_response_tokens: Option<usize>,
+    pub max_response_tokens: Option<usize>,
     /// Only the proxy (response minus last-prompt-token projection): no generation, fast.
-    #[arg(long)]
-    no_generate: bool,
+    pub no_generate: bool,
     /// Where base answers and projections are cached; default `$PERSONA_TRAIN_CACHE/screen`
     /// (`~/.cache/persona-train/screen`).
-    #[arg(long)]
-    cache: Option<PathBuf>,
+    pub cache: Option<PathBuf>,
     /// Neither read nor write the cache (everything is generated and measured again).
-    #[arg(long, conflicts_with = "cache")]
-    no_cache: bool,
+    pub no_cache: bool,
     /// Drop the K highest-scoring samples (by ΔP; by the proxy with --no-generate).
-    #[arg(long)]
-    drop_top: Option<usize>,
+    pub drop_top: Option<usize>,
     /// Drop samples scoring above T (ΔP; the proxy with --no-generate).
-    #[arg(long, allow_negative_numbers = true)]
-    threshold: Option<f32>,
+    pub threshold: Option<f32>,
     /// Write the kept lines (unchanged, in their original order) of the one --data file here.
-    #[arg(long)]
-    write_filtered: Option<PathBuf>,
+    pub write_filtered: Option<PathBuf>,
 }
 
 /// One line of the ranked output.
@@ -91,7 +76,9 @@ struct SummaryFile<'a> {
     datasets: &'a [DatasetSummary],
 }
 
-pub fn run(a: ScreenArgs) -> Result<()> {
+/// Scores the data files, writes the ranking, summary, histogram and filtered file, and prints
+/// the table.
+pub fn run(a: &ScreenJob) -> Result<()> {
     let mut problems = Vec::new();
     if a.batch_size == 0 {
         problems.push("--batch-size must be at least 1".to_owned());

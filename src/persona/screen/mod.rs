@@ -23,13 +23,13 @@ mod command;
 mod summary;
 
 pub use cache::{cache_dir, AnswerCache, ProjectionCache};
-pub use command::{run, ScreenArgs};
+pub use command::{run, ScreenJob};
 pub use summary::{auroc, drop_mask, summarize, DatasetSummary, Stats};
 
-use crate::generate::{generate, Sampling};
+use crate::generate::{generate, Sampling, Specials};
+use crate::lm::Lm;
 use crate::loader::LoadedModel;
-use crate::lora::Adapters;
-use crate::model::{CausalLm, ForwardInput, LogitsFor};
+use crate::model::{Forward, ForwardInput};
 use crate::persona::vector::TraitDirection;
 use crate::progress::Progress;
 use crate::tokenizer::chat::parse_chat_line;
@@ -168,8 +168,7 @@ pub struct SpanProjections {
 /// Response-average and last-prompt-token projections of every sequence on every direction, in
 /// one right-padded forward pass. Returns `[sequence][direction]`.
 pub fn span_projections(
-    model: &CausalLm,
-    adapters: Option<&Adapters>,
+    lm: Lm,
     seqs: &[Teacher],
     directions: &[TraitDirection],
 ) -> Result<Vec<Vec<SpanProjections>>> {
@@ -187,13 +186,9 @@ pub fn span_projections(
         return Ok(Vec::new());
     }
     let rows: Vec<&[u32]> = seqs.iter().map(|s| s.ids.as_slice()).collect();
-    let out = model.forward(
-        &ForwardInput::right_padded(&rows, &model.device()),
-        None,
-        adapters,
-        None,
-        LogitsFor::None,
-        true,
+    let out = lm.forward(
+        &ForwardInput::right_padded(&rows, &lm.device()),
+        Forward::hidden_states(),
     )?;
     let mut states: BTreeMap<usize, (Vec<f32>, usize, usize)> = BTreeMap::new();
     for d in directions {
@@ -346,9 +341,9 @@ pub fn score_directions(
             temperature: 0.0,
             ..Sampling::default()
         };
-        let pad = tok.pad_id().or(tok.eos_id()).unwrap_or(0);
+        let specials = Specials::of(tok);
         let mut store = match &cfg.cache {
-            Some(dir) => Some(AnswerCache::open(dir, m, &sampling, tok.stop_ids(), pad)?),
+            Some(dir) => Some(AnswerCache::open(dir, m, &sampling, &specials)?),
             None => None,
         };
         let mut todo: Vec<Vec<u32>> = Vec::new();
@@ -369,7 +364,7 @@ pub fn score_directions(
         todo.sort_by_key(Vec::len);
         let bar = Progress::new(todo.len() as u64, "base answers");
         for chunk in todo.chunks(cfg.batch_size) {
-            let out = generate(&m.model, None, chunk, tok.stop_ids(), pad, &sampling, None)?;
+            let out = generate(Lm::new(&m.model), chunk, &specials, &sampling)?;
             for (p, a) in chunk.iter().zip(out) {
                 if let Some(s) = store.as_mut() {
                     s.put(p, &a)?;
@@ -470,7 +465,7 @@ fn measure(
     let bar = Progress::new(todo.len() as u64, "projections");
     for chunk in todo.chunks(batch_size) {
         let batch: Vec<Teacher> = chunk.iter().map(|&i| seqs[i].clone()).collect();
-        let p = span_projections(&m.model, None, &batch, directions)?;
+        let p = span_projections(Lm::new(&m.model), &batch, directions)?;
         for (&i, row) in chunk.iter().zip(p) {
             if let Some(c) = cache.as_mut() {
                 c.put(&seqs[i], directions, &row)?;

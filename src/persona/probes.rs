@@ -1,13 +1,14 @@
-//! Per-step persona monitoring: projections of fixed probe prompts' activations onto the persona
-//! vector, and their shift from the base model.
+//! Probes of a persona's expression during training and evaluation: projections of fixed probe
+//! prompts' activations onto the persona vector, and their shift from the base model.
 //!
 //! Each probe is a prompt (chat template applied) followed by the base model's own greedy answer,
 //! generated once and stored in the run directory. Measuring always teacher-forces that same
 //! text, without steering, so a change in projection is a change in the model, not in the text.
 
-use crate::generate::{generate, Sampling};
-use crate::lora::Adapters;
-use crate::model::{CausalLm, ForwardInput, LogitsFor};
+use crate::generate::{generate, Sampling, Specials};
+use crate::lm::Lm;
+use crate::model::{CausalLm, Forward, ForwardInput};
+use crate::steering::unit;
 use crate::tokenizer::{ChatMessage, Tokenizer};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -31,7 +32,20 @@ pub struct Projections {
     pub response_avg: Vec<f32>,
 }
 
-pub struct Monitor {
+/// What the probes measure: the trait, its vector and the layers read.
+pub struct ProbeSpec<'a> {
+    pub trait_name: &'a str,
+    /// The persona vector, `[layers + 1][hidden]`.
+    pub vector: &'a [Vec<f32>],
+    /// Hidden-state rows logged.
+    pub layers: Vec<usize>,
+    /// The layer of the headline shift.
+    pub main_layer: usize,
+    /// Length of the base model's greedy answer to each probe prompt.
+    pub response_tokens: usize,
+}
+
+pub struct ProbeSet {
     pub trait_name: String,
     /// Hidden-state rows logged.
     pub layers: Vec<usize>,
@@ -43,36 +57,26 @@ pub struct Monitor {
     pub base: Projections,
 }
 
-impl Monitor {
-    /// Builds the probes (reusing `cache` when it holds the same prompts) and measures the base.
-    #[allow(clippy::too_many_arguments)]
+impl ProbeSet {
+    /// Builds the probes of `prompts` (reusing `cache` when it holds the same prompts) and
+    /// measures the base model.
     pub fn new(
         model: &CausalLm,
         tokenizer: &Tokenizer,
-        trait_name: &str,
-        vector: &[Vec<f32>],
+        spec: ProbeSpec,
         prompts: &[String],
-        layers: Vec<usize>,
-        main_layer: usize,
-        response_tokens: usize,
         cache: &Path,
     ) -> Result<Self> {
-        let units = layers
+        // A zero row has no direction: its projections are 0.
+        let units = spec
+            .layers
             .iter()
-            .map(|&l| {
-                let norm = vector[l]
-                    .iter()
-                    .map(|x| x * x)
-                    .sum::<f32>()
-                    .sqrt()
-                    .max(1e-12);
-                vector[l].iter().map(|x| x / norm).collect()
-            })
+            .map(|&l| unit(&spec.vector[l]).unwrap_or_else(|| vec![0.0; spec.vector[l].len()]))
             .collect();
         let probes = match read_cache(cache, prompts) {
             Some(p) => p,
             None => {
-                let probes = build_probes(model, tokenizer, prompts, response_tokens)?;
+                let probes = build_probes(model, tokenizer, prompts, spec.response_tokens)?;
                 let text = probes
                     .iter()
                     .map(|p| serde_json::to_string(p).map(|s| s + "\n"))
@@ -81,10 +85,10 @@ impl Monitor {
                 probes
             }
         };
-        let mut monitor = Self {
-            trait_name: trait_name.to_string(),
-            layers,
-            main_layer,
+        let mut set = Self {
+            trait_name: spec.trait_name.to_string(),
+            layers: spec.layers,
+            main_layer: spec.main_layer,
             units,
             probes,
             base: Projections {
@@ -92,18 +96,18 @@ impl Monitor {
                 response_avg: Vec::new(),
             },
         };
-        monitor.base = monitor.measure(model, None)?;
-        Ok(monitor)
+        set.base = set.measure(Lm::new(model))?;
+        Ok(set)
     }
 
-    /// Projections of the probes through `model` with `adapters` (no steering, no gradients).
-    pub fn measure(&self, model: &CausalLm, adapters: Option<&Adapters>) -> Result<Projections> {
-        let device = model.device();
+    /// Projections of the probes through `lm` (its adapters and steering, without gradients).
+    pub fn measure(&self, lm: Lm) -> Result<Projections> {
+        let device = lm.device();
         let rows = self.probes.len();
         let seq = self.probes.iter().map(|p| p.ids.len()).max().unwrap_or(0);
         let ids: Vec<&[u32]> = self.probes.iter().map(|p| p.ids.as_slice()).collect();
         let input = ForwardInput::right_padded(&ids, &device);
-        let out = model.forward(&input, None, adapters, None, LogitsFor::None, true)?;
+        let out = lm.forward(&input, Forward::hidden_states())?;
         let mut result = Projections {
             prompt_last: Vec::new(),
             response_avg: Vec::new(),
@@ -199,20 +203,12 @@ fn build_probes(
                 .ids)
         })
         .collect::<Result<Vec<_>>>()?;
-    let pad = tokenizer.pad_id().or(tokenizer.eos_id()).unwrap_or(0);
     let sampling = Sampling {
         max_new_tokens: response_tokens,
         ..Sampling::default()
     };
-    let answers = generate(
-        model,
-        None,
-        &encoded,
-        tokenizer.stop_ids(),
-        pad,
-        &sampling,
-        None,
-    )?;
+    let specials = Specials::of(tokenizer);
+    let answers = generate(Lm::new(model), &encoded, &specials, &sampling)?;
     Ok(prompts
         .iter()
         .zip(encoded)
@@ -221,7 +217,7 @@ fn build_probes(
             let response_start = ids.len();
             // An empty answer still needs one token to average over.
             let answer = if answer.is_empty() {
-                vec![tokenizer.stop_ids().first().copied().unwrap_or(pad)]
+                vec![specials.stop.first().copied().unwrap_or(specials.pad)]
             } else {
                 answer
             };
