@@ -1,8 +1,17 @@
 //! persona-train: LoRA fine-tuning with persona-vector monitoring and preventative steering.
 //!
-//! Layout: `gguf` reads GGUF files, `tokenizer` builds tokenizers and renders chat templates,
-//! `source` resolves model sources to files on disk, `model` is the transformer (it knows nothing
-//! about files), `loader` maps checkpoints onto it, `generate` decodes with a KV cache.
+//! Layers, bottom-up; a module uses only those below it (`tests/architecture.rs` checks that the
+//! graph has no cycles):
+//! 1. **formats and machinery**: `gguf`, `tensor_file`, `tensorboard`, `atomic`, `plot`,
+//!    `progress`, `device`, `source` (model sources), `tokenizer` (with chat templates);
+//! 2. **model**: `model` (the transformer, its LoRA maths, the intervention point; knows no
+//!    files) and `loader` (checkpoints and PEFT adapters onto it, `ModelSpec`);
+//! 3. **adapters and steering**: `steering` (persona vectors as interventions) and `lm` (model
+//!    + adapters + steering, the one value everything above runs);
+//! 4. **generation and scoring**: `generate`, `judge`, `data`;
+//! 5. **features**: `persona` (artifacts, extraction, probes, sweep, screening, monitoring),
+//!    `eval`, `history`, `report`, `merge`, `serve`, then `recipe` and `train` over them;
+//! 6. **command line**: `cli`, which turns flags into the plain values above.
 
 pub mod atomic;
 pub mod cli;

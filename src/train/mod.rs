@@ -12,6 +12,7 @@ pub mod loss;
 pub mod memory;
 pub mod optim;
 pub mod persona;
+mod run;
 mod setup;
 pub mod step;
 
