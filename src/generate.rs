@@ -92,37 +92,21 @@ pub fn generate_seeded(
     specials: &Specials,
     sampling: &Sampling,
 ) -> Result<Vec<Vec<u32>>> {
-    anyhow::ensure!(
-        seeds.len() == prompts.len(),
-        "{} seeds for {} prompts",
-        seeds.len(),
-        prompts.len()
-    );
-    anyhow::ensure!(
-        prompts.iter().all(|p| !p.is_empty()),
-        "cannot generate from an empty prompt"
-    );
-    sampling.check()?;
+    let max_new_tokens = reply_room(lm, prompts, seeds, sampling)?;
     let device = lm.device();
-    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let context = lm.config().max_position_embeddings;
-    anyhow::ensure!(
-        width < context,
-        "the prompt has {width} tokens: the model's context of {context} tokens leaves no room for a reply"
-    );
-    let max_new_tokens = sampling.max_new_tokens.min(context - width);
     let mut cache = KvCache::new(lm.config().num_layers);
     let mut rows: Vec<Row> = seeds.iter().map(|&s| Row::new(s)).collect();
 
     // The prompt, steered at the positions the steering names.
     let mut input = ForwardInput::left_padded(prompts, specials.pad, &device);
-    let mask = lm
-        .steering
-        .map(|s| prompt_mask(s.positions, prompts, &device));
-    let pass = Forward {
-        cache: Some(&mut cache),
-        ..Forward::logits(LogitsFor::Last)
-    };
+    let mask = lm.steering.map(|s| {
+        let steered: Vec<_> = prompts
+            .iter()
+            .map(|p| (Some(s.positions), p.len()))
+            .collect();
+        prompt_steering_mask(&steered, &device)
+    });
+    let pass = cached_last_logits(&mut cache);
     let mut logits = last_logits(lm.forward_masked(&input, mask, pass)?)?;
     // The reply, steered at every token unless the steering is for the prompt only.
     let decode = match lm.steering {
@@ -139,13 +123,40 @@ pub fn generate_seeded(
             break;
         }
         input = next_step(input, &next, &device);
-        let pass = Forward {
-            cache: Some(&mut cache),
-            ..Forward::logits(LogitsFor::Last)
-        };
-        logits = last_logits(decode.forward(&input, pass)?)?;
+        logits = last_logits(decode.forward(&input, cached_last_logits(&mut cache))?)?;
     }
     Ok(rows.into_iter().map(|r| r.reply).collect())
+}
+
+/// How many tokens the replies may have: `sampling.max_new_tokens`, or less where the longest
+/// prompt leaves less of the model's context. Refuses inputs that cannot be generated from.
+fn reply_room(lm: Lm, prompts: &[Vec<u32>], seeds: &[u64], sampling: &Sampling) -> Result<usize> {
+    anyhow::ensure!(
+        seeds.len() == prompts.len(),
+        "{} seeds for {} prompts",
+        seeds.len(),
+        prompts.len()
+    );
+    anyhow::ensure!(
+        prompts.iter().all(|p| !p.is_empty()),
+        "cannot generate from an empty prompt"
+    );
+    sampling.check()?;
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let context = lm.config().max_position_embeddings;
+    anyhow::ensure!(
+        width < context,
+        "the prompt has {width} tokens: the model's context of {context} tokens leaves no room for a reply"
+    );
+    Ok(sampling.max_new_tokens.min(context - width))
+}
+
+/// A pass through `cache` that returns the last position's logits: every generation step.
+fn cached_last_logits(cache: &mut KvCache) -> Forward<'_> {
+    Forward {
+        cache: Some(cache),
+        ..Forward::logits(LogitsFor::Last)
+    }
 }
 
 /// One prompt's reply so far.
@@ -179,19 +190,32 @@ impl Row {
     }
 }
 
-/// Which prompt tokens steering acts on, `[batch, width]`. Left padding puts every row's last
-/// prompt token in the last column: the one that predicts the reply's first token.
-fn prompt_mask(positions: Positions, prompts: &[Vec<u32>], device: &Device) -> Tensor<2> {
-    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let mask: Vec<f32> = prompts
+/// Which prompt tokens steering acts on, `[batch, width]`, for left-padded rows given as
+/// `(positions, prompt length)`, `width` the longest prompt; a row without positions is not
+/// steered (all zeros). Left padding puts every row's last prompt token in the last column: the
+/// one that predicts the reply's first token. Shared with the serving engine, whose rows each
+/// steer their own way.
+pub fn prompt_steering_mask(rows: &[(Option<Positions>, usize)], device: &Device) -> Tensor<2> {
+    let width = rows.iter().map(|&(_, len)| len).max().unwrap_or(0);
+    let mask: Vec<f32> = rows
         .iter()
-        .flat_map(|p| (0..width).map(move |j| (width - p.len(), j)))
-        .map(|(pad, j)| match positions {
-            Positions::All | Positions::Prompt => (j >= pad) as u8 as f32,
-            Positions::Response => (j + 1 == width) as u8 as f32,
-        })
+        .flat_map(|&(positions, len)| steered_columns(positions, len, width))
         .collect();
-    Tensor::from_data(TensorData::new(mask, [prompts.len(), width]), device)
+    Tensor::from_data(TensorData::new(mask, [rows.len(), width]), device)
+}
+
+/// One row of [`prompt_steering_mask`].
+fn steered_columns(
+    positions: Option<Positions>,
+    prompt_len: usize,
+    width: usize,
+) -> impl Iterator<Item = f32> {
+    let pad = width - prompt_len;
+    (0..width).map(move |j| match positions {
+        Some(Positions::All | Positions::Prompt) => (j >= pad) as u8 as f32,
+        Some(Positions::Response) => (j + 1 == width) as u8 as f32,
+        None => 0.0,
+    })
 }
 
 /// The input of the decoding step after `input`: one token per row, attending to everything

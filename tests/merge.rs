@@ -30,7 +30,7 @@ fn logits(model: &CausalLm, ids: &[u32], adapters: Option<&Adapters>) -> Vec<f32
         .forward(
             &input,
             Forward {
-                adapters: adapters,
+                adapters,
                 ..Forward::logits(LogitsFor::All)
             },
         )

@@ -45,14 +45,10 @@ fn answer_projection(
         max_new_tokens: 24,
         ..Sampling::default()
     };
-    let pad = m.tokenizer.pad_id().unwrap();
     let answers = generate(
         Lm::new(&m.model).with_steering(steer),
         &prompts,
-        &Specials {
-            stop: m.tokenizer.stop_ids().to_vec(),
-            pad: pad,
-        },
+        &Specials::of(&m.tokenizer),
         &sampling,
     )
     .unwrap();

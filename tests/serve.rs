@@ -635,7 +635,6 @@ fn an_adapter_is_applied_as_generate_applies_it() {
         .encode_chat(&[ChatMessage::new("user", question)], true)
         .unwrap()
         .ids;
-    let pad = lm.tokenizer.pad_id().unwrap();
     let sampling = Sampling {
         max_new_tokens: 12,
         ..Sampling::default()
@@ -644,10 +643,7 @@ fn an_adapter_is_applied_as_generate_applies_it() {
         let ids = generate(
             Lm::new(&lm.model).with_adapters(a),
             std::slice::from_ref(&prompt),
-            &Specials {
-                stop: lm.tokenizer.stop_ids().to_vec(),
-                pad: pad,
-            },
+            &Specials::of(&lm.tokenizer),
             &sampling,
         )
         .unwrap();

@@ -104,14 +104,10 @@ fn greedy_chat_replies_match_transformers() {
         max_new_tokens,
         ..Sampling::default()
     };
-    let pad = m.tokenizer.pad_id().or(m.tokenizer.eos_id()).unwrap();
     let replies = generate(
         Lm::new(&m.model),
         &prompts,
-        &Specials {
-            stop: m.tokenizer.stop_ids().to_vec(),
-            pad: pad,
-        },
+        &Specials::of(&m.tokenizer),
         &sampling,
     )
     .unwrap();

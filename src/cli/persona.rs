@@ -238,7 +238,6 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         sampling: a.sampling.over(SweepConfig::default().sampling),
         batch_size: a.batch_size,
         min_coherence: a.min_coherence,
-        ..SweepConfig::default()
     };
     let judge = a.judge.config()?.build(&m.model.device())?;
     let report = sweep_layers(&m, &artifacts, &rows, judge.as_ref(), &cfg)?;

@@ -217,6 +217,13 @@ pub fn persona_json(readings: &[Reading]) -> Value {
     )
 }
 
+/// Adds the persona readings to a reply or its first chunk, if the server monitors any trait.
+pub fn add_persona(v: &mut Value, persona: &[Reading]) {
+    if !persona.is_empty() {
+        v["persona"] = persona_json(persona);
+    }
+}
+
 pub fn logprobs_json(entries: &[TokenLogprob]) -> Value {
     let content: Vec<Value> = entries
         .iter()
@@ -250,17 +257,18 @@ pub struct Completion {
     pub logprobs: bool,
 }
 
+/// A whole reply as the engine reported it, for a non-streamed completion.
+pub struct Reply {
+    pub content: String,
+    pub logprobs: Vec<TokenLogprob>,
+    pub finish: Finish,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
 impl Completion {
-    #[allow(clippy::too_many_arguments)]
-    pub fn reply(
-        &self,
-        content: &str,
-        logprobs: &[TokenLogprob],
-        finish: Finish,
-        prompt_tokens: usize,
-        completion_tokens: usize,
-        persona: &[Reading],
-    ) -> Value {
+    /// A `chat.completion` with one choice, and the prompt's persona readings if any.
+    pub fn reply(&self, reply: &Reply, persona: &[Reading]) -> Value {
         let mut v = json!({
             "id": self.id,
             "object": "chat.completion",
@@ -268,15 +276,13 @@ impl Completion {
             "model": self.model,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "logprobs": self.logprobs.then(|| logprobs_json(logprobs)),
-                "finish_reason": finish.as_str(),
+                "message": {"role": "assistant", "content": reply.content},
+                "logprobs": self.logprobs.then(|| logprobs_json(&reply.logprobs)),
+                "finish_reason": reply.finish.as_str(),
             }],
-            "usage": usage_json(prompt_tokens, completion_tokens),
+            "usage": usage_json(reply.prompt_tokens, reply.completion_tokens),
         });
-        if !persona.is_empty() {
-            v["persona"] = persona_json(persona);
-        }
+        add_persona(&mut v, persona);
         v
     }
 

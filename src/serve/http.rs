@@ -1,8 +1,8 @@
 //! The HTTP routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`, and
 //! OpenAI-shaped JSON errors for everything else (axum's own rejections are plain text).
 
-use super::api::{self, ApiError, ChatRequest, Completion, SteerLayer};
-use super::engine::{Event, Finish, Job, Stats, TokenLogprob};
+use super::api::{self, ApiError, ChatRequest, Completion, Reply, SteerLayer};
+use super::engine::{Event, Job, Reading, Stats};
 use super::OnAlert;
 use crate::generate::Sampling;
 use crate::model::ModelConfig;
@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 /// Requests larger than this are refused (413) before parsing.
 pub const MAX_BODY_BYTES: usize = 4 << 20;
@@ -116,6 +116,7 @@ async fn chat(
     app: Arc<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    // The request, checked and handed to the engine.
     let body = body.map_err(|e| ApiError::invalid(e.body_text(), "").with_status(e.status()))?;
     let request = api::parse(&body)?;
     let (tx, mut events) = unbounded_channel();
@@ -129,25 +130,13 @@ async fn chat(
         model: app.served_name.clone(),
         logprobs: prepared.logprobs,
     };
-    let persona = match events.recv().await {
-        Some(Event::Started { persona, .. }) => persona,
-        Some(Event::Failed(why)) => return Err(ApiError::internal(why)),
-        _ => return Err(ApiError::internal("the engine dropped the request")),
-    };
-    let alerts: Vec<&str> = persona
-        .iter()
-        .filter(|r| r.alert)
-        .map(|r| r.trait_name.as_str())
-        .collect();
-    let alert_header = (!alerts.is_empty())
-        .then(|| HeaderValue::from_str(&alerts.join(",")).ok())
-        .flatten();
-
+    // The persona readings come first: they decide the alert header, sent before any reply.
+    let persona = started(&mut events).await?;
+    let alert_header = alert_header(&persona);
+    // The reply, streamed as the engine reports it or whole once it is done.
     let mut response = if prepared.stream {
         let mut first = completion.chunk(json!({"role": "assistant", "content": ""}), None, None);
-        if !persona.is_empty() {
-            first["persona"] = api::persona_json(&persona);
-        }
+        api::add_persona(&mut first, &persona);
         let stream = ChunkStream {
             events,
             queue: VecDeque::from([SseEvent::default().data(first.to_string())]),
@@ -157,17 +146,8 @@ async fn chat(
         };
         Sse::new(stream).into_response()
     } else {
-        let (text, logprobs, finish, prompt_tokens, completion_tokens) =
-            collect(&mut events).await?;
-        let reply = completion.reply(
-            &text,
-            &logprobs,
-            finish,
-            prompt_tokens,
-            completion_tokens,
-            &persona,
-        );
-        api::json_response(StatusCode::OK, &reply)
+        let reply = collect(&mut events).await?;
+        api::json_response(StatusCode::OK, &completion.reply(&reply, &persona))
     };
     if let Some(h) = alert_header {
         response.headers_mut().insert(ALERT_HEADER, h);
@@ -175,26 +155,50 @@ async fn chat(
     Ok(response)
 }
 
+/// The persona readings of the engine's first event about a request.
+async fn started(events: &mut UnboundedReceiver<Event>) -> Result<Vec<Reading>, ApiError> {
+    match events.recv().await {
+        Some(Event::Started { persona, .. }) => Ok(persona),
+        Some(Event::Failed(why)) => Err(ApiError::internal(why)),
+        _ => Err(ApiError::internal("the engine dropped the request")),
+    }
+}
+
+/// The traits whose reading crossed its threshold, comma-separated; `None` when none did.
+fn alert_header(persona: &[Reading]) -> Option<HeaderValue> {
+    let alerts: Vec<&str> = persona
+        .iter()
+        .filter(|r| r.alert)
+        .map(|r| r.trait_name.as_str())
+        .collect();
+    (!alerts.is_empty())
+        .then(|| HeaderValue::from_str(&alerts.join(",")).ok())
+        .flatten()
+}
+
 /// A non-streamed reply: every delta until `Done`.
-async fn collect(
-    events: &mut UnboundedReceiver<Event>,
-) -> Result<(String, Vec<TokenLogprob>, Finish, usize, usize), ApiError> {
-    let mut text = String::new();
+async fn collect(events: &mut UnboundedReceiver<Event>) -> Result<Reply, ApiError> {
+    let mut content = String::new();
     let mut logprobs = Vec::new();
     loop {
         match events.recv().await {
-            Some(Event::Delta {
-                text: t,
-                logprobs: l,
-            }) => {
-                text.push_str(&t);
+            Some(Event::Delta { text, logprobs: l }) => {
+                content.push_str(&text);
                 logprobs.extend(l);
             }
             Some(Event::Done {
                 finish,
                 prompt_tokens,
                 completion_tokens,
-            }) => return Ok((text, logprobs, finish, prompt_tokens, completion_tokens)),
+            }) => {
+                return Ok(Reply {
+                    content,
+                    logprobs,
+                    finish,
+                    prompt_tokens,
+                    completion_tokens,
+                })
+            }
             Some(Event::Failed(why)) => return Err(ApiError::internal(why)),
             Some(Event::Started { .. }) | None => {
                 return Err(ApiError::internal("the engine dropped the request"))
@@ -203,12 +207,42 @@ async fn collect(
     }
 }
 
-/// Checks a request against the model and the served vectors and turns it into a job.
+/// Checks a request against the model and the served vectors and turns it into a job. The
+/// checks run in this order, so a request with several faults is told of the first.
 fn prepare(
     app: &AppState,
     r: ChatRequest,
-    events: tokio::sync::mpsc::UnboundedSender<Event>,
+    events: UnboundedSender<Event>,
 ) -> Result<Prepared, ApiError> {
+    check_model(app, &r)?;
+    let prompt = prompt(app, &r.messages)?;
+    let max_tokens = max_tokens(app, &r, prompt.len())?;
+    let sampling = sampling(&r, max_tokens)?;
+    let logprobs = r.logprobs.unwrap_or(false);
+    let top_logprobs = top_logprobs(r.top_logprobs, logprobs)?;
+    let stop = stop_strings(r.stop)?;
+    let steering = match r.steering {
+        Some(s) => Some(steering(app, s)?),
+        None => None,
+    };
+    Ok(Prepared {
+        job: Job {
+            prompt,
+            max_tokens,
+            sampling,
+            stop,
+            logprobs: top_logprobs,
+            steering,
+            events,
+        },
+        stream: r.stream.unwrap_or(false),
+        include_usage: r.stream_options.is_some_and(|o| o.include_usage),
+        logprobs,
+    })
+}
+
+/// The request is for the served model, and for one reply.
+fn check_model(app: &AppState, r: &ChatRequest) -> Result<(), ApiError> {
     if let Some(model) = &r.model {
         if model != &app.served_name {
             return Err(ApiError::invalid(
@@ -225,11 +259,15 @@ fn prepare(
     if r.n.is_some_and(|n| n != 1) {
         return Err(ApiError::invalid("only n = 1 is supported", "n"));
     }
-    if r.messages.is_empty() {
+    Ok(())
+}
+
+/// The messages as prompt tokens, under the model's chat template.
+fn prompt(app: &AppState, messages: &[api::Message]) -> Result<Vec<u32>, ApiError> {
+    if messages.is_empty() {
         return Err(ApiError::invalid("messages must not be empty", "messages"));
     }
-    let messages = r
-        .messages
+    let messages = messages
         .iter()
         .map(|m| {
             Ok(ChatMessage {
@@ -256,8 +294,14 @@ fn prepare(
             "messages",
         ));
     }
+    Ok(prompt)
+}
+
+/// The reply's length limit: the request's, or by default as much as the context leaves (up
+/// to `--default-max-tokens`). Prompt and reply must fit the model's context.
+fn max_tokens(app: &AppState, r: &ChatRequest, prompt_len: usize) -> Result<usize, ApiError> {
     let context = app.model_config.max_position_embeddings;
-    let room = context.saturating_sub(prompt.len());
+    let room = context.saturating_sub(prompt_len);
     let max_tokens = match r.max_completion_tokens.or(r.max_tokens) {
         Some(0) => {
             return Err(ApiError::invalid(
@@ -270,8 +314,7 @@ fn prepare(
     };
     // Checked: a request's max_tokens can be as large as u64::MAX.
     if max_tokens == 0
-        || prompt
-            .len()
+        || prompt_len
             .checked_add(max_tokens)
             .is_none_or(|n| n > context)
     {
@@ -282,13 +325,17 @@ fn prepare(
         };
         return Err(ApiError::invalid(
             format!(
-                "the prompt ({} tokens) plus max_tokens ({max_tokens}) exceeds the model's context of {context} tokens",
-                prompt.len()
+                "the prompt ({prompt_len} tokens) plus max_tokens ({max_tokens}) exceeds the model's context of {context} tokens"
             ),
             param,
         )
         .with_code("context_length_exceeded"));
     }
+    Ok(max_tokens)
+}
+
+/// Temperature (OpenAI's default 1), top-p and the seed (random when the request has none).
+fn sampling(r: &ChatRequest, max_tokens: usize) -> Result<Sampling, ApiError> {
     let temperature = r.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::invalid(
@@ -300,56 +347,42 @@ fn prepare(
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(ApiError::invalid("top_p must be in (0, 1]", "top_p"));
     }
-    let logprobs = r.logprobs.unwrap_or(false);
-    let top_logprobs = match (r.top_logprobs, logprobs) {
-        (Some(k), _) if k > 20 => {
-            return Err(ApiError::invalid(
-                "top_logprobs must be between 0 and 20",
-                "top_logprobs",
-            ))
-        }
-        (Some(_), false) => {
-            return Err(ApiError::invalid(
-                "top_logprobs needs logprobs: true",
-                "top_logprobs",
-            ))
-        }
-        (k, true) => Some(k.unwrap_or(0)),
-        (None, false) => None,
-    };
-    let stop = r.stop.map(api::Stop::strings).unwrap_or_default();
+    Ok(Sampling {
+        max_new_tokens: max_tokens,
+        temperature,
+        top_p,
+        seed: r.seed.map_or_else(rand::random::<u64>, |s| s as u64),
+    })
+}
+
+/// How many alternatives each token's logprob lists; `None` when logprobs are not asked for.
+fn top_logprobs(top: Option<usize>, logprobs: bool) -> Result<Option<usize>, ApiError> {
+    match (top, logprobs) {
+        (Some(k), _) if k > 20 => Err(ApiError::invalid(
+            "top_logprobs must be between 0 and 20",
+            "top_logprobs",
+        )),
+        (Some(_), false) => Err(ApiError::invalid(
+            "top_logprobs needs logprobs: true",
+            "top_logprobs",
+        )),
+        (k, true) => Ok(Some(k.unwrap_or(0))),
+        (None, false) => Ok(None),
+    }
+}
+
+fn stop_strings(stop: Option<api::Stop>) -> Result<Vec<String>, ApiError> {
+    let stop = stop.map(api::Stop::strings).unwrap_or_default();
     if stop.len() > 4 || stop.iter().any(String::is_empty) {
         return Err(ApiError::invalid(
             "stop takes up to 4 non-empty strings",
             "stop",
         ));
     }
-    let steering = match r.steering {
-        Some(s) => Some(steering(app, s)?),
-        None => None,
-    };
-    let seed = r.seed.map_or_else(rand::random::<u64>, |s| s as u64);
-    Ok(Prepared {
-        job: Job {
-            prompt,
-            max_tokens,
-            sampling: Sampling {
-                max_new_tokens: max_tokens,
-                temperature,
-                top_p,
-                seed,
-            },
-            stop,
-            logprobs: top_logprobs,
-            steering,
-            events,
-        },
-        stream: r.stream.unwrap_or(false),
-        include_usage: r.stream_options.is_some_and(|o| o.include_usage),
-        logprobs,
-    })
+    Ok(stop)
 }
 
+/// The steering a request asks for, with one of the served vectors.
 fn steering(app: &AppState, s: api::SteeringRequest) -> Result<Steering, ApiError> {
     let Some(d) = app.directions.get(&s.vector) else {
         return Err(ApiError::invalid(
@@ -366,20 +399,7 @@ fn steering(app: &AppState, s: api::SteeringRequest) -> Result<Steering, ApiErro
         ));
     };
     let c = &app.model_config;
-    let layers = match s.layer {
-        None => SteerLayers::Single(d.layer),
-        Some(SteerLayer::Index(l)) if (1..=c.num_layers).contains(&l) => SteerLayers::Single(l),
-        Some(SteerLayer::Name(n)) if n == "all" => SteerLayers::All,
-        Some(_) => {
-            return Err(ApiError::invalid(
-                format!(
-                    "steering.layer must be a hidden-state index in 1..={} or \"all\"",
-                    c.num_layers
-                ),
-                "steering.layer",
-            ))
-        }
-    };
+    let layers = steer_layers(s.layer, d.layer, c.num_layers)?;
     if !s.coef.is_finite() {
         return Err(ApiError::invalid(
             "steering.coef must be a finite number",
@@ -395,6 +415,23 @@ fn steering(app: &AppState, s: api::SteeringRequest) -> Result<Steering, ApiErro
         c.hidden_size,
     )
     .map_err(|e| ApiError::invalid(format!("{e:#}"), "steering"))
+}
+
+/// `steering.layer`: a hidden-state index, `"all"`, or by default the vector's own layer.
+fn steer_layers(
+    layer: Option<SteerLayer>,
+    default: usize,
+    num_layers: usize,
+) -> Result<SteerLayers, ApiError> {
+    match layer {
+        None => Ok(SteerLayers::Single(default)),
+        Some(SteerLayer::Index(l)) if (1..=num_layers).contains(&l) => Ok(SteerLayers::Single(l)),
+        Some(SteerLayer::Name(n)) if n == "all" => Ok(SteerLayers::All),
+        Some(_) => Err(ApiError::invalid(
+            format!("steering.layer must be a hidden-state index in 1..={num_layers} or \"all\""),
+            "steering.layer",
+        )),
+    }
 }
 
 /// Engine events as SSE chunks: `data: {chunk}` per delta, a final chunk with the finish
@@ -472,7 +509,8 @@ impl futures_core::Stream for ChunkStream {
     }
 }
 
-fn now() -> u64 {
+/// Seconds since the Unix epoch, as OpenAI's `created` fields count time.
+pub(super) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -11,11 +11,13 @@ pub mod engine;
 pub mod http;
 
 use crate::loader::LoadedModel;
+use crate::model::{Adapters, ModelConfig};
 use crate::persona::vector::TraitDirection;
 use anyhow::{bail, ensure, Context, Result};
+use burn::tensor::Device;
 use engine::Engine;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// What an alert does: `warn` (an `x-persona-alert` header and `alert: true`) or `refuse` (no
@@ -119,52 +121,23 @@ impl Server {
 /// before the port is bound), binds the port, and runs the engine and the HTTP server on their
 /// own threads.
 pub fn start(lm: LoadedModel, config: ServeConfig) -> Result<Server> {
+    // What the command line names, checked before the port is taken.
     ensure!(config.max_batch >= 1, "--max-batch must be at least 1");
     let model_config = lm.model.config().clone();
-    let device = lm.model.device();
-    let adapters = match &config.adapter {
-        Some(dir) => Some(
-            crate::loader::peft::load(dir, &model_config, &device)
-                .with_context(|| format!("loading the adapter {}", dir.display()))?,
-        ),
-        None => None,
-    };
-    let thresholds = Thresholds::parse(&config.thresholds)?;
-    let mut directions: Vec<TraitDirection> = Vec::new();
-    for path in &config.vectors {
-        let d = TraitDirection::load(path, &config.vector_kind, config.layer, &model_config)
-            .with_context(|| format!("--vector {}", path.display()))?;
-        ensure!(
-            directions.iter().all(|o| o.trait_name != d.trait_name),
-            "--vector {}: a vector for trait {:?} is already served",
-            path.display(),
-            d.trait_name
-        );
-        directions.push(d);
-    }
-    for name in thresholds.per_trait.iter().map(|(n, _)| n) {
-        ensure!(
-            directions.iter().any(|d| &d.trait_name == name),
-            "--threshold {name}=...: no --vector has trait {name:?} (served: {})",
-            directions
-                .iter()
-                .map(|d| d.trait_name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
+    let adapters = load_adapter(config.adapter.as_deref(), &model_config, &lm.model.device())?;
+    let monitors = Monitors::load(&config, &model_config)?;
     let served_name = config.served_model_name.clone().unwrap_or_else(|| {
         lm.files
             .path()
             .file_stem()
             .map_or("model".into(), |s| s.to_string_lossy().into_owned())
     });
-
+    // The port (0 picks a free one), non-blocking for the async runtime that will accept on it.
     let listener = std::net::TcpListener::bind((config.host.as_str(), config.port))
         .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-
+    // The engine's thread, which owns the model.
     let tokenizer = Arc::new(lm.tokenizer);
     let (jobs_tx, jobs_rx) = std::sync::mpsc::channel();
     let stats = Arc::new(engine::Stats::default());
@@ -173,23 +146,21 @@ pub fn start(lm: LoadedModel, config: ServeConfig) -> Result<Server> {
         model: lm.model,
         adapters,
         tokenizer: tokenizer.clone(),
-        thresholds: directions
-            .iter()
-            .map(|d| thresholds.get(&d.trait_name))
-            .collect(),
-        monitors: directions.clone(),
+        thresholds: monitors.thresholds,
+        monitors: monitors.directions.clone(),
         refuse_on_alert: config.on_alert == OnAlert::Refuse,
         max_batch: config.max_batch,
     };
     let engine = std::thread::Builder::new()
         .name("serve-engine".into())
         .spawn(move || engine.run(jobs_rx))?;
-
-    let state = Arc::new(http::AppState {
+    // The HTTP server's thread, which hands requests to the engine.
+    let state = http::AppState {
         jobs: jobs_tx,
         stats,
         tokenizer,
-        directions: directions
+        directions: monitors
+            .directions
             .into_iter()
             .map(|d| (d.trait_name.clone(), d))
             .collect(),
@@ -197,12 +168,40 @@ pub fn start(lm: LoadedModel, config: ServeConfig) -> Result<Server> {
         served_name,
         default_max_tokens: config.default_max_tokens,
         on_alert: config.on_alert,
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    });
+        created: http::now(),
+    };
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-    let http = std::thread::Builder::new()
+    let http = spawn_http(listener, state, shutdown_rx)?;
+    Ok(Server {
+        addr,
+        shutdown: Some(shutdown_tx),
+        http: Some(http),
+        engine: Some(engine),
+    })
+}
+
+fn load_adapter(
+    dir: Option<&Path>,
+    model_config: &ModelConfig,
+    device: &Device,
+) -> Result<Option<Adapters>> {
+    let Some(dir) = dir else {
+        return Ok(None);
+    };
+    let adapters = crate::loader::peft::load(dir, model_config, device)
+        .with_context(|| format!("loading the adapter {}", dir.display()))?;
+    Ok(Some(adapters))
+}
+
+/// Runs the HTTP server on its own single-threaded runtime until `shutdown` fires, then lets the
+/// requests in flight finish.
+fn spawn_http(
+    listener: std::net::TcpListener,
+    state: http::AppState,
+    shutdown: tokio::sync::oneshot::Receiver<()>,
+) -> Result<std::thread::JoinHandle<Result<()>>> {
+    let state = Arc::new(state);
+    let thread = std::thread::Builder::new()
         .name("serve-http".into())
         .spawn(move || -> Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -212,18 +211,46 @@ pub fn start(lm: LoadedModel, config: ServeConfig) -> Result<Server> {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
                 axum::serve(listener, http::router(state))
                     .with_graceful_shutdown(async move {
-                        let _ = shutdown_rx.await;
+                        let _ = shutdown.await;
                     })
                     .await?;
                 Ok(())
             })
         })?;
-    Ok(Server {
-        addr,
-        shutdown: Some(shutdown_tx),
-        http: Some(http),
-        engine: Some(engine),
-    })
+    Ok(thread)
+}
+
+/// The persona vectors every prompt is read on (`--vector`, one per trait), with each one's
+/// alert threshold.
+struct Monitors {
+    directions: Vec<TraitDirection>,
+    thresholds: Vec<Option<f32>>,
+}
+
+impl Monitors {
+    fn load(config: &ServeConfig, model_config: &ModelConfig) -> Result<Self> {
+        let thresholds = Thresholds::parse(&config.thresholds)?;
+        let mut directions: Vec<TraitDirection> = Vec::new();
+        for path in &config.vectors {
+            let d = TraitDirection::load(path, &config.vector_kind, config.layer, model_config)
+                .with_context(|| format!("--vector {}", path.display()))?;
+            ensure!(
+                directions.iter().all(|o| o.trait_name != d.trait_name),
+                "--vector {}: a vector for trait {:?} is already served",
+                path.display(),
+                d.trait_name
+            );
+            directions.push(d);
+        }
+        thresholds.check_traits(&directions)?;
+        Ok(Self {
+            thresholds: directions
+                .iter()
+                .map(|d| thresholds.get(&d.trait_name))
+                .collect(),
+            directions,
+        })
+    }
 }
 
 /// `--threshold T` (every trait) and `--threshold TRAIT=T`.
@@ -252,6 +279,22 @@ impl Thresholds {
             }
         }
         Ok(t)
+    }
+
+    /// Refuses a per-trait threshold for a trait no vector is served for.
+    fn check_traits(&self, directions: &[TraitDirection]) -> Result<()> {
+        for name in self.per_trait.iter().map(|(n, _)| n) {
+            ensure!(
+                directions.iter().any(|d| &d.trait_name == name),
+                "--threshold {name}=...: no --vector has trait {name:?} (served: {})",
+                directions
+                    .iter()
+                    .map(|d| d.trait_name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Ok(())
     }
 
     fn get(&self, name: &str) -> Option<f32> {

@@ -151,7 +151,7 @@ impl Trainer<'_> {
     pub fn probe(&mut self, log: &mut StepLog) -> Result<Option<f32>> {
         let step = self.state.step;
         // The monitor exists only when `probe_every` > 0.
-        let due = |every: usize| step % every == 0 || step == self.total;
+        let due = |every: usize| step.is_multiple_of(every) || step == self.total;
         let every = self.recipe.monitor.probe_every;
         let Some(m) = self.persona.monitor.as_ref().filter(|_| due(every)) else {
             return Ok(None);
@@ -169,7 +169,7 @@ impl Trainer<'_> {
     /// and the evaluation into it.
     pub fn stage_checkpoint(&mut self, log: &mut StepLog) -> Result<Option<Staged>> {
         let step = self.state.step;
-        if step % self.recipe.checkpoint.every_n_steps != 0 && step != self.total {
+        if !step.is_multiple_of(self.recipe.checkpoint.every_n_steps) && step != self.total {
             return Ok(None);
         }
         let plain = inference(&self.adapters);
