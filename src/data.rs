@@ -26,26 +26,67 @@ impl Example {
     }
 }
 
-/// Reads `{"messages": [...]}` lines; errors name the file, the line and what is wrong.
-pub fn read_chats(path: &Path) -> Result<Vec<(usize, Vec<ChatMessage>)>> {
+/// One non-blank line of a chat JSONL file, parsed by [`parse_chat_line`].
+#[derive(Debug, Clone)]
+pub struct ChatLine {
+    /// 1-based line in the file.
+    pub line: usize,
+    /// `file:line`, for messages.
+    pub origin: String,
+    /// The line as read, for writing a filtered copy of the file.
+    pub raw: String,
+    pub messages: Vec<ChatMessage>,
+}
+
+/// Reads `{"messages": [...]}` lines (the first `limit` chats when given) and passes each to
+/// `accept`, which applies the caller's own rule. Blank lines are skipped; errors name the file
+/// and line, and the first bad line stops the reading; a file without chats is an error.
+/// `what` names the file in the error when it cannot be read ("training data").
+pub fn read_chat_lines<T>(
+    path: &Path,
+    what: &str,
+    limit: Option<usize>,
+    mut accept: impl FnMut(ChatLine) -> Result<T>,
+) -> Result<Vec<T>> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read training data {}", path.display()))?;
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
     let mut chats = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
-        if line.trim().is_empty() {
+    for (i, raw) in text.lines().enumerate() {
+        if limit.is_some_and(|n| chats.len() >= n) {
+            break;
+        }
+        if raw.trim().is_empty() {
             continue;
         }
-        let messages = parse_chat_line(line).with_context(|| format!("{}:{n}", path.display()))?;
-        ensure!(
-            messages.iter().any(|msg| msg.role == "assistant"),
-            "{}:{n}: no assistant message, so nothing to train on",
-            path.display()
-        );
-        chats.push((n, messages));
+        let origin = format!("{}:{}", path.display(), i + 1);
+        let messages = parse_chat_line(raw).with_context(|| origin.clone())?;
+        chats.push(accept(ChatLine {
+            line: i + 1,
+            origin,
+            raw: raw.to_owned(),
+            messages,
+        })?);
     }
     ensure!(!chats.is_empty(), "{}: no chats", path.display());
     Ok(chats)
+}
+
+/// Training's rule: an assistant message somewhere, or there is nothing to learn.
+fn training_chat(chat: ChatLine) -> Result<ChatLine> {
+    ensure!(
+        chat.messages.iter().any(|msg| msg.role == "assistant"),
+        "{}: no assistant message, so nothing to train on",
+        chat.origin
+    );
+    Ok(chat)
+}
+
+/// Reads a training file's chats as `(line, messages)`; errors name the file, the line and what
+/// is wrong.
+pub fn read_chats(path: &Path) -> Result<Vec<(usize, Vec<ChatMessage>)>> {
+    read_chat_lines(path, "training data", None, |c| {
+        training_chat(c).map(|c| (c.line, c.messages))
+    })
 }
 
 /// Tokenizes a chat; every assistant message (and the end-of-turn token after it) is a target.
@@ -102,10 +143,8 @@ pub fn load_examples(
     let mut out = Vec::new();
     let (mut truncated, mut dropped) = (0, 0);
     for file in files {
-        let file = file.as_ref();
-        for (line, messages) in read_chats(file)? {
-            let origin = format!("{}:{line}", file.display());
-            let mut ex = tokenize(tokenizer, &messages, &origin)?;
+        for chat in read_chat_lines(file.as_ref(), "training data", None, training_chat)? {
+            let mut ex = tokenize(tokenizer, &chat.messages, &chat.origin)?;
             if ex.ids.len() > max_seq_len {
                 truncated += 1;
                 ex.ids.truncate(max_seq_len);

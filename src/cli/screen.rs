@@ -3,7 +3,7 @@
 
 use super::args::ModelArgs;
 use crate::persona::monitor::{self, MonitorJob};
-use crate::persona::screen::{self, ScreenConfig, ScreenJob};
+use crate::persona::screen::{self, cache_dir, ScreenConfig, ScreenJob};
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -70,12 +70,13 @@ pub fn screen(a: ScreenArgs) -> Result<()> {
         data: a.data,
         out: a.out,
         limit: a.limit,
-        max_new_tokens: a.max_new_tokens,
-        batch_size: a.batch_size,
-        max_response_tokens: a.max_response_tokens,
-        no_generate: a.no_generate,
-        cache: a.cache,
-        no_cache: a.no_cache,
+        scoring: ScreenConfig {
+            max_new_tokens: a.max_new_tokens,
+            batch_size: a.batch_size,
+            generate: !a.no_generate,
+            max_response_tokens: a.max_response_tokens,
+            cache: (!a.no_cache).then(|| a.cache.unwrap_or_else(cache_dir)),
+        },
         drop_top: a.drop_top,
         threshold: a.threshold,
         write_filtered: a.write_filtered,

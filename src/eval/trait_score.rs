@@ -2,14 +2,15 @@
 //! a judge score trait expression and coherence (0–100), and project the answers' response-
 //! average activations onto the persona vector.
 
-use crate::generate::{generate_seeded, Sampling, Specials};
-use crate::judge::{rubric, Judge, JudgeConfig};
+use crate::generate::Sampling;
+use crate::judge::{Judge, JudgeConfig};
 use crate::lm::Lm;
 use crate::persona::activations::activation_averages;
+use crate::persona::answers::{chat, generate_answers, judge_answers};
 use crate::persona::artifacts::TraitArtifacts;
 use crate::persona::vector::project;
 use crate::progress::Progress;
-use crate::tokenizer::{ChatMessage, Tokenizer};
+use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
@@ -130,7 +131,7 @@ impl Scorer<'_> {
         let prompts = jobs
             .iter()
             .map(|&(q, _)| {
-                let chat = [ChatMessage::new("user", &self.questions[q])];
+                let chat = chat(None, &self.questions[q], None);
                 Ok(self.tokenizer.encode_chat(&chat, true)?.ids)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -144,31 +145,24 @@ impl Scorer<'_> {
             top_p: 1.0,
             seed: cfg.seed,
         };
-        let specials = Specials::of(self.tokenizer);
-        generate_seeded(self.lm, &prompts, &seeds, &specials, &sampling)?
-            .iter()
-            .map(|ids| self.tokenizer.decode(ids, true))
-            .collect()
+        generate_answers(self.lm, self.tokenizer, &prompts, &seeds, &sampling)
     }
 
     /// The judge's trait and coherence scores of each answer, and its projection.
     fn score(&self, jobs: &[(usize, usize)], texts: Vec<String>) -> Result<Vec<ScoredAnswer>> {
-        let prompts = |rubric: &str| -> Vec<String> {
-            jobs.iter()
-                .zip(&texts)
-                .map(|(&(q, _), a)| rubric::fill(rubric, &self.questions[q], a))
-                .collect()
-        };
-        let traits = self.judge.score(&prompts(self.rubric))?;
-        let coherence = self.judge.score(&prompts(rubric::COHERENCE))?;
+        let pairs = jobs
+            .iter()
+            .zip(&texts)
+            .map(|(&(q, _), a)| (self.questions[q].as_str(), a.as_str()));
+        let scores = judge_answers(self.judge, self.rubric, pairs)?;
         let mut out = Vec::with_capacity(jobs.len());
-        for (i, (&(q, _), answer)) in jobs.iter().zip(texts).enumerate() {
+        for ((&(q, _), answer), (trait_score, coherence)) in jobs.iter().zip(texts).zip(scores) {
             out.push(ScoredAnswer {
                 question: self.questions[q].clone(),
                 projection: self.projection(&self.questions[q], &answer)?,
                 answer,
-                trait_score: traits[i],
-                coherence: coherence[i],
+                trait_score,
+                coherence,
             });
         }
         Ok(out)
@@ -180,11 +174,9 @@ impl Scorer<'_> {
         let Some((layer, v)) = self.vector else {
             return Ok(None);
         };
-        let chat = [
-            ChatMessage::new("user", question),
-            ChatMessage::new("assistant", answer),
-        ];
-        let enc = self.tokenizer.encode_chat(&chat, false)?;
+        let enc = self
+            .tokenizer
+            .encode_chat(&chat(None, question, Some(answer)), false)?;
         let (Some(start), Some(end)) = (enc.response_start, enc.response_end) else {
             return Ok(None);
         };

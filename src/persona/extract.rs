@@ -4,16 +4,17 @@
 //!
 //! Rollouts and their scores are written to JSONL as they finish, so a re-run resumes from them.
 
-use crate::generate::{generate_seeded, Sampling, Specials};
-use crate::judge::{rubric, Judge};
+use crate::generate::Sampling;
+use crate::judge::Judge;
 use crate::lm::Lm;
 use crate::loader::LoadedModel;
-use crate::persona::activations::{activation_averages, mean_difference};
+use crate::persona::activations::{activation_averages, mean_difference, Activations};
+use crate::persona::answers::{chat, generate_answers, judge_answers, mix_seed, response_span};
 use crate::persona::artifacts::{Polarity, SystemPromptTemplate, TraitArtifacts};
 use crate::persona::vector::PersonaVector;
 use crate::progress::Progress;
 use crate::tokenizer::ChatMessage;
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -43,8 +44,7 @@ impl Default for ExtractConfig {
             sampling: Sampling {
                 max_new_tokens: 96,
                 temperature: 1.0,
-                top_p: 1.0,
-                seed: 0,
+                ..Sampling::default()
             },
             batch_size: 16,
             trait_threshold: 50.0,
@@ -69,8 +69,14 @@ pub struct Rollout {
     pub coherence: Option<f32>,
 }
 
+/// (question, instruction, rollout, polarity): what pairs a positive rollout with its negative.
+type Key = (usize, usize, usize, String);
+
+/// The rollouts written so far, by key.
+type Done = BTreeMap<Key, Rollout>;
+
 impl Rollout {
-    fn key(&self) -> (usize, usize, usize, String) {
+    fn key(&self) -> Key {
         (
             self.question,
             self.instruction,
@@ -98,6 +104,8 @@ pub struct ExtractSummary {
     pub dropped: usize,
 }
 
+/// Extracts `artifacts`' persona vector from `m` and saves it to `out`, with the rollouts beside
+/// it ([`rollouts_path`]); `model_source` is recorded in the vector's metadata.
 pub fn extract(
     m: &LoadedModel,
     model_source: &str,
@@ -106,168 +114,25 @@ pub fn extract(
     cfg: &ExtractConfig,
     out: &Path,
 ) -> Result<ExtractSummary> {
-    anyhow::ensure!(
+    ensure!(
         judge.is_some() || cfg.no_filter,
         "extraction without a judge keeps every pair, so it needs no_filter"
     );
-    let rollouts_file = rollouts_path(out);
-    let mut done: BTreeMap<(usize, usize, usize, String), Rollout> = read_rollouts(&rollouts_file)?
-        .into_iter()
-        .map(|r| (r.key(), r))
-        .collect();
-    if !done.is_empty() {
-        eprintln!(
-            "resuming: {} rollouts already in {}",
-            done.len(),
-            rollouts_file.display()
-        );
-    }
-
-    let mut todo = Vec::new();
-    for (qi, q) in artifacts.questions.iter().enumerate() {
-        for ii in 0..artifacts.instruction.len() {
-            for r in 0..cfg.rollouts {
-                for pol in [Polarity::Positive, Polarity::Negative] {
-                    let key = (qi, ii, r, polarity_name(pol).to_owned());
-                    if !done.contains_key(&key) {
-                        todo.push(Rollout {
-                            question: qi,
-                            instruction: ii,
-                            rollout: r,
-                            polarity: key.3,
-                            system: artifacts.system_prompt(pol, ii, &cfg.template),
-                            prompt: q.clone(),
-                            answer: String::new(),
-                            trait_score: None,
-                            coherence: None,
-                        });
-                    }
-                }
-            }
-        }
-    }
-
-    let bar = Progress::new(
-        todo.len() as u64,
-        if judge.is_some() {
-            "generating + judging"
-        } else {
-            "generating"
-        },
-    );
-    let mut writer = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&rollouts_file)
-        .with_context(|| format!("cannot open {}", rollouts_file.display()))?;
-    for chunk in todo.chunks_mut(cfg.batch_size.max(1)) {
-        let prompts = chunk
-            .iter()
-            .map(|r| Ok(m.tokenizer.encode_chat(&chat(r, None), true)?.ids))
-            .collect::<Result<Vec<_>>>()?;
-        // Seeded by the rollout's key, so a resumed run samples what an uninterrupted one would.
-        let seeds: Vec<u64> = chunk
-            .iter()
-            .map(|r| rollout_seed(cfg.sampling.seed, r))
-            .collect();
-        let answers = generate_seeded(
-            Lm::new(&m.model),
-            &prompts,
-            &seeds,
-            &Specials::of(&m.tokenizer),
-            &cfg.sampling,
-        )?;
-        for (r, ids) in chunk.iter_mut().zip(answers) {
-            r.answer = m.tokenizer.decode(&ids, true)?;
-        }
-        let trait_prompts: Vec<String> = chunk
-            .iter()
-            .map(|r| rubric::fill(&artifacts.eval_prompt, &r.prompt, &r.answer))
-            .collect();
-        let coherence_prompts: Vec<String> = chunk
-            .iter()
-            .map(|r| rubric::fill(rubric::COHERENCE, &r.prompt, &r.answer))
-            .collect();
-        let (traits, coherence) = match judge {
-            Some(j) => (j.score(&trait_prompts)?, j.score(&coherence_prompts)?),
-            None => (vec![None; chunk.len()], vec![None; chunk.len()]),
-        };
-        for ((r, t), c) in chunk.iter_mut().zip(traits).zip(coherence) {
-            r.trait_score = t;
-            r.coherence = c;
-            writeln!(writer, "{}", serde_json::to_string(r)?)?;
-            done.insert(r.key(), r.clone());
-        }
-        writer.flush()?;
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish();
-
-    // Pair by explicit key, never by row order.
-    let mut kept = Vec::new();
-    let mut dropped = 0;
-    for qi in 0..artifacts.questions.len() {
-        for ii in 0..artifacts.instruction.len() {
-            for r in 0..cfg.rollouts {
-                let pos = &done[&(qi, ii, r, "pos".to_owned())];
-                let neg = &done[&(qi, ii, r, "neg".to_owned())];
-                if cfg.no_filter || keep_pair(pos, neg, cfg) {
-                    kept.push((pos.clone(), neg.clone()));
-                } else {
-                    dropped += 1;
-                }
-            }
-        }
-    }
-    anyhow::ensure!(
-        !kept.is_empty(),
-        "no rollout pair passed the filter (positive trait ≥ {t}, negative < {t}, coherence ≥ {c}); \
-         see {} — try more --rollouts, a stronger judge, or --no-filter",
-        rollouts_file.display(),
-        t = cfg.trait_threshold,
-        c = cfg.coherence_threshold,
-    );
-
-    let bar = Progress::new(kept.len() as u64 * 2, "activations");
-    let (mut pos_acts, mut neg_acts) = (Vec::new(), Vec::new());
-    for (pos, neg) in &kept {
-        for (r, acts) in [(pos, &mut pos_acts), (neg, &mut neg_acts)] {
-            let enc = m.tokenizer.encode_chat(&chat(r, Some(&r.answer)), false)?;
-            let start = enc
-                .response_start
-                .context("rendered chat has no assistant span")?;
-            let end = enc.response_end.unwrap_or(enc.ids.len());
-            acts.push(
-                activation_averages(Lm::new(&m.model), &enc.ids, start..end).with_context(
-                    || format!("question {}, instruction {}", r.question, r.instruction),
-                )?,
-            );
-            bar.inc(1);
-        }
-    }
-    bar.finish();
-    let vectors = mean_difference(&pos_acts, &neg_acts);
-    let metadata = BTreeMap::from([
-        ("trait".to_owned(), artifacts.trait_name.clone()),
-        ("model_source".to_owned(), model_source.to_owned()),
-        ("model_sha256".to_owned(), model_sha256(&m.files)?),
-        (
-            "layer_convention".to_owned(),
-            "row l = hidden_states[l]: 0 = embedding output, N = output of block N-1, last = after final norm".to_owned(),
-        ),
-        ("pairs_kept".to_owned(), kept.len().to_string()),
-        ("pairs_dropped".to_owned(), dropped.to_string()),
-        ("trait_threshold".to_owned(), cfg.trait_threshold.to_string()),
-        ("coherence_threshold".to_owned(), cfg.coherence_threshold.to_string()),
-        ("filtered".to_owned(), (!cfg.no_filter).to_string()),
-        (
-            "judge".to_owned(),
-            judge.map_or_else(|| "none".to_owned(), |j| j.describe()),
-        ),
-        ("rollouts".to_owned(), cfg.rollouts.to_string()),
-        ("max_new_tokens".to_owned(), cfg.sampling.max_new_tokens.to_string()),
-        ("seed".to_owned(), cfg.sampling.seed.to_string()),
-    ]);
+    let x = Extraction {
+        m,
+        artifacts,
+        judge,
+        cfg,
+        rollouts_file: rollouts_path(out),
+    };
+    // Resume from the rollouts an earlier run wrote; answer and judge the rest.
+    let mut done = x.resume()?;
+    x.roll_out(x.pending(&done), &mut done)?;
+    // Pair by explicit key, never by row order, and keep the pairs the judge separates.
+    let (kept, dropped) = x.pairs(&done)?;
+    // The vector: mean activations over the kept positive answers minus the negative ones.
+    let vectors = x.vectors(&kept)?;
+    let metadata = x.metadata(model_source, kept.len(), dropped)?;
     PersonaVector { vectors, metadata }.save(out)?;
     Ok(ExtractSummary {
         kept: kept.len(),
@@ -275,18 +140,215 @@ pub fn extract(
     })
 }
 
-fn rollout_seed(base: u64, r: &Rollout) -> u64 {
-    let pol = (r.polarity == "pos") as u64;
-    [
-        r.question as u64,
-        r.instruction as u64,
-        r.rollout as u64,
-        pol,
-    ]
-    .iter()
-    .fold(base, |h, &x| {
-        (h ^ x).wrapping_mul(0x100000001b3).rotate_left(17)
-    })
+/// What every phase of one extraction reads.
+struct Extraction<'a> {
+    m: &'a LoadedModel,
+    artifacts: &'a TraitArtifacts,
+    judge: Option<&'a dyn Judge>,
+    cfg: &'a ExtractConfig,
+    rollouts_file: PathBuf,
+}
+
+impl Extraction<'_> {
+    fn resume(&self) -> Result<Done> {
+        let done: Done = read_rollouts(&self.rollouts_file)?
+            .into_iter()
+            .map(|r| (r.key(), r))
+            .collect();
+        if !done.is_empty() {
+            eprintln!(
+                "resuming: {} rollouts already in {}",
+                done.len(),
+                self.rollouts_file.display()
+            );
+        }
+        Ok(done)
+    }
+
+    /// Every (question, instruction, rollout), in order.
+    fn slots(&self) -> impl Iterator<Item = (usize, usize, usize)> {
+        let a = self.artifacts;
+        let (instructions, rollouts) = (a.instruction.len(), self.cfg.rollouts);
+        (0..a.questions.len()).flat_map(move |q| {
+            (0..instructions).flat_map(move |i| (0..rollouts).map(move |r| (q, i, r)))
+        })
+    }
+
+    /// The rollouts not in `done`, unanswered.
+    fn pending(&self, done: &Done) -> Vec<Rollout> {
+        let mut todo = Vec::new();
+        for (qi, ii, r) in self.slots() {
+            for pol in [Polarity::Positive, Polarity::Negative] {
+                let key = (qi, ii, r, polarity_name(pol).to_owned());
+                if !done.contains_key(&key) {
+                    todo.push(Rollout {
+                        question: qi,
+                        instruction: ii,
+                        rollout: r,
+                        polarity: key.3,
+                        system: self.artifacts.system_prompt(pol, ii, &self.cfg.template),
+                        prompt: self.artifacts.questions[qi].clone(),
+                        answer: String::new(),
+                        trait_score: None,
+                        coherence: None,
+                    });
+                }
+            }
+        }
+        todo
+    }
+
+    /// Answers and judges `todo` batch by batch, appending each batch to the rollouts file (and
+    /// `done`) as it finishes.
+    fn roll_out(&self, mut todo: Vec<Rollout>, done: &mut Done) -> Result<()> {
+        let what = match self.judge {
+            Some(_) => "generating + judging",
+            None => "generating",
+        };
+        let bar = Progress::new(todo.len() as u64, what);
+        let mut writer = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.rollouts_file)
+            .with_context(|| format!("cannot open {}", self.rollouts_file.display()))?;
+        for chunk in todo.chunks_mut(self.cfg.batch_size.max(1)) {
+            self.answer(chunk)?;
+            self.score(chunk)?;
+            for r in chunk.iter() {
+                writeln!(writer, "{}", serde_json::to_string(r)?)?;
+                done.insert(r.key(), r.clone());
+            }
+            writer.flush()?;
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish();
+        Ok(())
+    }
+
+    fn answer(&self, chunk: &mut [Rollout]) -> Result<()> {
+        let tok = &self.m.tokenizer;
+        let prompts = chunk
+            .iter()
+            .map(|r| Ok(tok.encode_chat(&r.chat(None), true)?.ids))
+            .collect::<Result<Vec<_>>>()?;
+        // Seeded by the rollout's key, so a resumed run samples what an uninterrupted one would.
+        let seeds: Vec<u64> = chunk
+            .iter()
+            .map(|r| r.seed(self.cfg.sampling.seed))
+            .collect();
+        let lm = Lm::new(&self.m.model);
+        let answers = generate_answers(lm, tok, &prompts, &seeds, &self.cfg.sampling)?;
+        for (r, answer) in chunk.iter_mut().zip(answers) {
+            r.answer = answer;
+        }
+        Ok(())
+    }
+
+    /// The judge's trait and coherence scores; none without a judge.
+    fn score(&self, chunk: &mut [Rollout]) -> Result<()> {
+        let scores = match self.judge {
+            Some(judge) => {
+                let answers = chunk.iter().map(|r| (r.prompt.as_str(), r.answer.as_str()));
+                judge_answers(judge, &self.artifacts.eval_prompt, answers)?
+            }
+            None => vec![(None, None); chunk.len()],
+        };
+        for (r, (trait_score, coherence)) in chunk.iter_mut().zip(scores) {
+            r.trait_score = trait_score;
+            r.coherence = coherence;
+        }
+        Ok(())
+    }
+
+    /// Every (positive, negative) pair, unless the filter drops it; and how many it dropped.
+    fn pairs<'d>(&self, done: &'d Done) -> Result<(Vec<(&'d Rollout, &'d Rollout)>, usize)> {
+        let cfg = self.cfg;
+        let mut kept = Vec::new();
+        let mut dropped = 0;
+        for (qi, ii, r) in self.slots() {
+            let pos = &done[&(qi, ii, r, "pos".to_owned())];
+            let neg = &done[&(qi, ii, r, "neg".to_owned())];
+            if cfg.no_filter || keep_pair(pos, neg, cfg) {
+                kept.push((pos, neg));
+            } else {
+                dropped += 1;
+            }
+        }
+        ensure!(
+            !kept.is_empty(),
+            "no rollout pair passed the filter (positive trait ≥ {t}, negative < {t}, coherence ≥ {c}); \
+             see {} — try more --rollouts, a stronger judge, or --no-filter",
+            self.rollouts_file.display(),
+            t = cfg.trait_threshold,
+            c = cfg.coherence_threshold,
+        );
+        Ok((kept, dropped))
+    }
+
+    /// The persona vector of every kind at every layer (see [`mean_difference`]).
+    fn vectors(&self, kept: &[(&Rollout, &Rollout)]) -> Result<BTreeMap<String, Vec<Vec<f32>>>> {
+        let bar = Progress::new(kept.len() as u64 * 2, "activations");
+        let (mut pos_acts, mut neg_acts) = (Vec::new(), Vec::new());
+        for (pos, neg) in kept {
+            for (r, acts) in [(pos, &mut pos_acts), (neg, &mut neg_acts)] {
+                acts.push(self.activations(r)?);
+                bar.inc(1);
+            }
+        }
+        bar.finish();
+        Ok(mean_difference(&pos_acts, &neg_acts))
+    }
+
+    /// Activations over the rollout's answer, in the chat it was given in.
+    fn activations(&self, r: &Rollout) -> Result<Activations> {
+        let (ids, span) = response_span(&self.m.tokenizer, &r.chat(Some(&r.answer)))?;
+        activation_averages(Lm::new(&self.m.model), &ids, span)
+            .with_context(|| format!("question {}, instruction {}", r.question, r.instruction))
+    }
+
+    /// What the vector was measured on and how, for its file.
+    fn metadata(
+        &self,
+        model_source: &str,
+        kept: usize,
+        dropped: usize,
+    ) -> Result<BTreeMap<String, String>> {
+        let (cfg, judge) = (self.cfg, self.judge);
+        Ok(BTreeMap::from([
+            ("trait".to_owned(), self.artifacts.trait_name.clone()),
+            ("model_source".to_owned(), model_source.to_owned()),
+            ("model_sha256".to_owned(), model_sha256(&self.m.files)?),
+            (
+                "layer_convention".to_owned(),
+                "row l = hidden_states[l]: 0 = embedding output, N = output of block N-1, last = after final norm".to_owned(),
+            ),
+            ("pairs_kept".to_owned(), kept.to_string()),
+            ("pairs_dropped".to_owned(), dropped.to_string()),
+            ("trait_threshold".to_owned(), cfg.trait_threshold.to_string()),
+            ("coherence_threshold".to_owned(), cfg.coherence_threshold.to_string()),
+            ("filtered".to_owned(), (!cfg.no_filter).to_string()),
+            (
+                "judge".to_owned(),
+                judge.map_or_else(|| "none".to_owned(), |j| j.describe()),
+            ),
+            ("rollouts".to_owned(), cfg.rollouts.to_string()),
+            ("max_new_tokens".to_owned(), cfg.sampling.max_new_tokens.to_string()),
+            ("seed".to_owned(), cfg.sampling.seed.to_string()),
+        ]))
+    }
+}
+
+impl Rollout {
+    /// The rollout's system prompt and question, and `answer` when given.
+    fn chat(&self, answer: Option<&str>) -> Vec<ChatMessage> {
+        chat(Some(&self.system), &self.prompt, answer)
+    }
+
+    fn seed(&self, base: u64) -> u64 {
+        let pol = (self.polarity == "pos") as u64;
+        let (q, i, r) = (self.question, self.instruction, self.rollout);
+        mix_seed(base, &[q as u64, i as u64, r as u64, pol])
+    }
 }
 
 fn keep_pair(pos: &Rollout, neg: &Rollout, cfg: &ExtractConfig) -> bool {
@@ -296,26 +358,6 @@ fn keep_pair(pos: &Rollout, neg: &Rollout, cfg: &ExtractConfig) -> bool {
         && lt(neg.trait_score, cfg.trait_threshold)
         && ge(pos.coherence, cfg.coherence_threshold)
         && ge(neg.coherence, cfg.coherence_threshold)
-}
-
-fn chat(r: &Rollout, answer: Option<&str>) -> Vec<ChatMessage> {
-    let mut messages = vec![
-        ChatMessage {
-            role: "system".into(),
-            content: r.system.clone(),
-        },
-        ChatMessage {
-            role: "user".into(),
-            content: r.prompt.clone(),
-        },
-    ];
-    if let Some(a) = answer {
-        messages.push(ChatMessage {
-            role: "assistant".into(),
-            content: a.to_owned(),
-        });
-    }
-    messages
 }
 
 /// Rollouts already written. A crash can tear the last line; it is dropped (and the file

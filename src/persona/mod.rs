@@ -1,6 +1,7 @@
 //! Persona vectors (Chen et al. 2025): trait definitions and what is built from them.
 
 pub mod activations;
+pub mod answers;
 pub mod artifacts;
 pub mod cvec;
 pub mod extract;

@@ -78,34 +78,40 @@ impl MonitoredPrompt {
 pub fn parse_prompts(text: &str, origin: &str) -> Result<Vec<MonitoredPrompt>> {
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
-        let line = i + 1;
-        let trimmed = raw.trim();
-        if trimmed.is_empty() {
+        if raw.trim().is_empty() {
             continue;
         }
-        let messages = if trimmed.starts_with('{') {
-            let m = parse_chat_line(trimmed).with_context(|| {
-                format!(
-                    "{origin}:{line}: a line starting with '{{' must be a chat row (write plain text that starts with '{{' as a JSON string)"
-                )
-            })?;
-            ensure!(
-                m.last().is_some_and(|msg| msg.role != "assistant"),
-                "{origin}:{line}: the chat ends with an assistant message; monitor measures the prompt of the reply to come, so end it with a user message"
-            );
-            m
-        } else if trimmed.starts_with('"') {
-            let s: String = serde_json::from_str(trimmed).with_context(|| {
-                format!("{origin}:{line}: a line starting with '\"' must be one JSON string")
-            })?;
-            vec![ChatMessage::new("user", s)]
-        } else {
-            vec![ChatMessage::new("user", raw)]
-        };
-        out.push(MonitoredPrompt { line, messages });
+        let messages = prompt_messages(raw, &format!("{origin}:{}", i + 1))?;
+        out.push(MonitoredPrompt {
+            line: i + 1,
+            messages,
+        });
     }
     ensure!(!out.is_empty(), "{origin}: no prompts");
     Ok(out)
+}
+
+/// One input line in any of the module docs' forms; `at` (`file:line`) names it in errors.
+fn prompt_messages(raw: &str, at: &str) -> Result<Vec<ChatMessage>> {
+    let trimmed = raw.trim();
+    if trimmed.starts_with('{') {
+        let m = parse_chat_line(trimmed).with_context(|| {
+            format!(
+                "{at}: a line starting with '{{' must be a chat row (write plain text that starts with '{{' as a JSON string)"
+            )
+        })?;
+        ensure!(
+            m.last().is_some_and(|msg| msg.role != "assistant"),
+            "{at}: the chat ends with an assistant message; monitor measures the prompt of the reply to come, so end it with a user message"
+        );
+        Ok(m)
+    } else if trimmed.starts_with('"') {
+        let s: String = serde_json::from_str(trimmed)
+            .with_context(|| format!("{at}: a line starting with '\"' must be one JSON string"))?;
+        Ok(vec![ChatMessage::new("user", s)])
+    } else {
+        Ok(vec![ChatMessage::new("user", raw)])
+    }
 }
 
 /// Projection of every prompt's last token on every direction, in one left-padded forward pass
@@ -137,9 +143,33 @@ pub fn last_column_projections(
     directions: &[TraitDirection],
 ) -> Result<Vec<Vec<f32>>> {
     let b = hidden_states.first().map_or(0, |h| h.dims()[0]);
+    let rows_at = read_layers(hidden_states, directions, |h| {
+        let [_, t, hidden] = h.dims();
+        Ok(h.clone()
+            .slice([0..b, t - 1..t, 0..hidden])
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec()?)
+    })?;
     let mut result = vec![Vec::with_capacity(directions.len()); b];
-    // Each distinct layer's last column is read once.
-    let mut rows_at: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
+    for d in directions {
+        let last: &Vec<f32> = &rows_at[&d.layer];
+        let hidden = last.len() / b;
+        for (r, row) in result.iter_mut().enumerate() {
+            row.push(d.project(&last[r * hidden..(r + 1) * hidden]));
+        }
+    }
+    Ok(result)
+}
+
+/// `read` applied once to each distinct layer the directions project at (several directions
+/// often share one), after checking that the model returns that layer.
+pub(crate) fn read_layers<T>(
+    hidden_states: &[Tensor<3>],
+    directions: &[TraitDirection],
+    read: impl Fn(&Tensor<3>) -> Result<T>,
+) -> Result<BTreeMap<usize, T>> {
+    let mut layers = BTreeMap::new();
     for d in directions {
         ensure!(
             d.layer < hidden_states.len(),
@@ -148,26 +178,11 @@ pub fn last_column_projections(
             d.layer,
             hidden_states.len()
         );
-        if let Entry::Vacant(e) = rows_at.entry(d.layer) {
-            let h = &hidden_states[d.layer];
-            let [_, t, hidden] = h.dims();
-            let last: Vec<f32> = h
-                .clone()
-                .slice([0..b, t - 1..t, 0..hidden])
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec()?;
-            e.insert(last);
+        if let Entry::Vacant(e) = layers.entry(d.layer) {
+            e.insert(read(&hidden_states[d.layer])?);
         }
     }
-    for d in directions {
-        let last = &rows_at[&d.layer];
-        let hidden = last.len() / b;
-        for (r, row) in result.iter_mut().enumerate() {
-            row.push(d.project(&last[r * hidden..(r + 1) * hidden]));
-        }
-    }
-    Ok(result)
+    Ok(layers)
 }
 
 /// One output line of `persona-train monitor`.
@@ -195,19 +210,8 @@ pub fn run(a: &MonitorJob) -> Result<()> {
         a.threshold.len(),
         a.vector.len()
     );
-    let (text, origin) = if a.prompts == "-" {
-        let mut bytes = Vec::new();
-        std::io::stdin()
-            .lock()
-            .read_to_end(&mut bytes)
-            .context("cannot read prompts from stdin")?;
-        let s = String::from_utf8(bytes).context("prompts on stdin are not UTF-8")?;
-        (s, "<stdin>".to_owned())
-    } else {
-        let s = std::fs::read_to_string(&a.prompts)
-            .with_context(|| format!("cannot read prompts file {}", a.prompts))?;
-        (s, a.prompts.clone())
-    };
+    // Every prompt is parsed before the model loads, so a bad line fails at once.
+    let (text, origin) = read_input(&a.prompts)?;
     let prompts = parse_prompts(&text, &origin)?;
     let m = a.model.load()?;
     let directions = a
@@ -215,13 +219,6 @@ pub fn run(a: &MonitorJob) -> Result<()> {
         .iter()
         .map(|p| TraitDirection::load(p, &a.vector_kind, a.layer, m.model.config()))
         .collect::<Result<Vec<_>>>()?;
-    let thresholds: Vec<Option<f32>> = (0..directions.len())
-        .map(|i| match a.threshold.len() {
-            0 => None,
-            1 => Some(a.threshold[0]),
-            _ => Some(a.threshold[i]),
-        })
-        .collect();
     let ids = prompts
         .iter()
         .map(|p| {
@@ -232,63 +229,13 @@ pub fn run(a: &MonitorJob) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
 
-    let mut sink: Box<dyn Write> = match &a.out {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot create {}", path.display()))?,
-        )),
-        None => Box::new(std::io::stdout().lock()),
-    };
-    let bar = (prompts.len() > a.batch_size)
-        .then(|| Progress::new(prompts.len() as u64, "last-token projections"));
-    let mut alerts = 0;
-    for (chunk, (ps, ids)) in prompts
-        .chunks(a.batch_size)
-        .zip(ids.chunks(a.batch_size))
-        .enumerate()
-    {
+    // Batch by batch, each batch's records written as soon as it is measured.
+    let mut records = Records::new(a, &origin, &directions, prompts.len())?;
+    for (ps, ids) in prompts.chunks(a.batch_size).zip(ids.chunks(a.batch_size)) {
         let projections = last_token_projections(Lm::new(&m.model), ids, &directions)?;
-        for (k, (p, row)) in ps.iter().zip(projections).enumerate() {
-            let mut alerted = false;
-            for ((d, &threshold), projection) in directions.iter().zip(&thresholds).zip(row) {
-                let alert = threshold.is_some_and(|t| projection > t);
-                let record = MonitorRecord {
-                    index: chunk * a.batch_size + k,
-                    line: p.line,
-                    prompt: p.text().to_owned(),
-                    trait_name: d.trait_name.clone(),
-                    layer: d.layer,
-                    projection,
-                    threshold,
-                    alert,
-                };
-                if alert {
-                    let msg = format!(
-                        "ALERT {origin}:{}: {} projection {projection:.3} > {} at layer {}: {}",
-                        p.line,
-                        d.trait_name,
-                        threshold.unwrap_or_default(),
-                        d.layer,
-                        one_line(p.text(), 80)
-                    );
-                    match &bar {
-                        Some(bar) => bar.suspend(|| eprintln!("{msg}")),
-                        None => eprintln!("{msg}"),
-                    }
-                    alerted = true;
-                }
-                writeln!(sink, "{}", serde_json::to_string(&record)?)?;
-            }
-            alerts += alerted as usize;
-        }
-        sink.flush()?;
-        if let Some(bar) = &bar {
-            bar.inc(ps.len() as u64);
-        }
+        records.write_batch(ps, projections)?;
     }
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    let alerts = records.finish();
     if a.fail_on_alert && alerts > 0 {
         bail!(
             "{alerts} of {} prompts alerted (--fail-on-alert)",
@@ -296,6 +243,131 @@ pub fn run(a: &MonitorJob) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The prompts' text and the name errors give it: a file, or stdin for `-`.
+fn read_input(prompts: &str) -> Result<(String, String)> {
+    if prompts == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .lock()
+            .read_to_end(&mut bytes)
+            .context("cannot read prompts from stdin")?;
+        let s = String::from_utf8(bytes).context("prompts on stdin are not UTF-8")?;
+        Ok((s, "<stdin>".to_owned()))
+    } else {
+        let s = std::fs::read_to_string(prompts)
+            .with_context(|| format!("cannot read prompts file {prompts}"))?;
+        Ok((s, prompts.to_owned()))
+    }
+}
+
+/// Where the records go, and what writing them needs: the directions with their thresholds, the
+/// progress bar (alerts are printed above it) and the prompts written and alerted so far.
+struct Records<'a> {
+    sink: Box<dyn Write>,
+    origin: &'a str,
+    directions: &'a [TraitDirection],
+    thresholds: Vec<Option<f32>>,
+    bar: Option<Progress>,
+    written: usize,
+    alerts: usize,
+}
+
+impl<'a> Records<'a> {
+    fn new(
+        a: &MonitorJob,
+        origin: &'a str,
+        directions: &'a [TraitDirection],
+        prompts: usize,
+    ) -> Result<Self> {
+        let sink: Box<dyn Write> = match &a.out {
+            Some(path) => Box::new(std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("cannot create {}", path.display()))?,
+            )),
+            None => Box::new(std::io::stdout().lock()),
+        };
+        // One threshold for every direction, or one each.
+        let thresholds = (0..directions.len())
+            .map(|i| a.threshold.get(i).or(a.threshold.first()).copied())
+            .collect();
+        Ok(Self {
+            sink,
+            origin,
+            directions,
+            thresholds,
+            bar: (prompts > a.batch_size)
+                .then(|| Progress::new(prompts as u64, "last-token projections")),
+            written: 0,
+            alerts: 0,
+        })
+    }
+
+    /// One record per prompt and direction; `projections` is `[prompt][direction]`.
+    fn write_batch(
+        &mut self,
+        prompts: &[MonitoredPrompt],
+        projections: Vec<Vec<f32>>,
+    ) -> Result<()> {
+        for (p, row) in prompts.iter().zip(projections) {
+            let mut alerted = false;
+            for (di, projection) in row.into_iter().enumerate() {
+                let record = self.record(p, di, projection);
+                if record.alert {
+                    self.print_alert(p, &record);
+                    alerted = true;
+                }
+                writeln!(self.sink, "{}", serde_json::to_string(&record)?)?;
+            }
+            self.alerts += alerted as usize;
+            self.written += 1;
+        }
+        self.sink.flush()?;
+        if let Some(bar) = &self.bar {
+            bar.inc(prompts.len() as u64);
+        }
+        Ok(())
+    }
+
+    fn record(&self, p: &MonitoredPrompt, di: usize, projection: f32) -> MonitorRecord {
+        let (d, threshold) = (&self.directions[di], self.thresholds[di]);
+        MonitorRecord {
+            index: self.written,
+            line: p.line,
+            prompt: p.text().to_owned(),
+            trait_name: d.trait_name.clone(),
+            layer: d.layer,
+            projection,
+            threshold,
+            alert: threshold.is_some_and(|t| projection > t),
+        }
+    }
+
+    fn print_alert(&self, p: &MonitoredPrompt, r: &MonitorRecord) {
+        let msg = format!(
+            "ALERT {}:{}: {} projection {:.3} > {} at layer {}: {}",
+            self.origin,
+            p.line,
+            r.trait_name,
+            r.projection,
+            r.threshold.unwrap_or_default(),
+            r.layer,
+            one_line(p.text(), 80)
+        );
+        match &self.bar {
+            Some(bar) => bar.suspend(|| eprintln!("{msg}")),
+            None => eprintln!("{msg}"),
+        }
+    }
+
+    /// Clears the progress bar; returns how many prompts alerted.
+    fn finish(self) -> usize {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        self.alerts
+    }
 }
 
 /// The text on one line, cut to `max` characters.

@@ -5,17 +5,17 @@
 //! Every layer answers each (question, rollout) with the same sampling seed as the unsteered
 //! baseline, so differences between rows come from steering, not from sampling.
 
-use crate::generate::{generate_seeded, Sampling, Specials};
-use crate::judge::{rubric, Judge};
+use crate::generate::Sampling;
+use crate::judge::Judge;
 use crate::lm::Lm;
 use crate::loader::LoadedModel;
 use crate::persona::activations::activation_averages;
+use crate::persona::answers::{chat, generate_answers, judge_answers, mix_seed, response_span};
 use crate::persona::artifacts::TraitArtifacts;
 use crate::persona::vector::{project, PersonaVector};
 use crate::plot::{LineChart, Series};
 use crate::progress::Progress;
 use crate::steering::{Positions, SteerLayers, Steering};
-use crate::tokenizer::ChatMessage;
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -48,8 +48,7 @@ impl Default for SweepConfig {
             sampling: Sampling {
                 max_new_tokens: 64,
                 temperature: 1.0,
-                top_p: 1.0,
-                seed: 0,
+                ..Sampling::default()
             },
             batch_size: 16,
             min_coherence: 50.0,
@@ -179,7 +178,49 @@ pub fn sweep(
     judge: &dyn Judge,
     cfg: &SweepConfig,
 ) -> Result<SweepReport> {
-    let (num_layers, hidden) = (m.model.config().num_layers, m.model.config().hidden_size);
+    let layers = layers_to_sweep(m.model.config().num_layers, artifacts, cfg)?;
+    // Built before anything runs, so a vector that does not fit fails at once.
+    let steerings = steerings(m, vector, &layers, cfg.coef)?;
+    let run = Run::new(m, artifacts, vector, cfg, layers)?;
+    let runs: Vec<Option<&Steering>> = std::iter::once(None)
+        .chain(steerings.iter().map(Some))
+        .collect();
+    let total = (run.slots.len() * runs.len()) as u64;
+
+    // Every slot answered unsteered, then steered at each layer.
+    let bar = Progress::new(total, "generating");
+    let mut rows = runs
+        .iter()
+        .map(|&steering| run.answer(steering, &bar))
+        .collect::<Result<Vec<_>>>()?;
+    bar.finish();
+
+    // Every answer judged for the trait and for coherence.
+    let bar = Progress::new(total, "judging");
+    for answers in &mut rows {
+        score(judge, &artifacts.eval_prompt, answers)?;
+        bar.inc(answers.len() as u64);
+    }
+    bar.finish();
+
+    // Every answer projected, unsteered: the baseline's at every layer, the others at theirs.
+    let bar = Progress::new(total, "projections");
+    let baseline_projections = run.baseline_projections(&rows[0], &bar)?;
+    for (answers, &l) in rows[1..].iter_mut().zip(&run.layers) {
+        run.project(answers, l, &bar)?;
+    }
+    bar.finish();
+
+    Ok(run.report(judge, rows, baseline_projections))
+}
+
+/// The layers to steer, checked against the model's depth, once it is clear there is something
+/// to ask.
+fn layers_to_sweep(
+    num_layers: usize,
+    artifacts: &TraitArtifacts,
+    cfg: &SweepConfig,
+) -> Result<Vec<usize>> {
     let layers = cfg
         .layers
         .clone()
@@ -200,145 +241,165 @@ pub fn sweep(
         "trait {} has no evaluation questions",
         artifacts.trait_name
     );
-    // Built before anything runs, so a vector that does not fit fails at once.
-    let steerings = layers
-        .iter()
-        .map(|&l| {
-            Steering::new(
-                vector,
-                SteerLayers::Single(l),
-                cfg.coef,
-                Positions::Response,
-                num_layers,
-                hidden,
-            )
-        })
-        .collect::<Result<Vec<_>>>()?;
-
-    let questions = &artifacts.eval_questions[..cfg.questions.min(artifacts.eval_questions.len())];
-    let mut slots = Vec::new();
-    for (question, text) in questions.iter().enumerate() {
-        let prompt = m.tokenizer.encode_chat(&chat(text, None), true)?.ids;
-        for rollout in 0..cfg.rollouts {
-            slots.push(Slot {
-                question,
-                rollout,
-                seed: answer_seed(cfg.sampling.seed, question, rollout),
-                prompt: prompt.clone(),
-            });
-        }
-    }
-    let runs: Vec<Option<&Steering>> = std::iter::once(None)
-        .chain(steerings.iter().map(Some))
-        .collect();
-    let total = (slots.len() * runs.len()) as u64;
-
-    let bar = Progress::new(total, "generating");
-    let mut rows = Vec::with_capacity(runs.len());
-    for steering in &runs {
-        rows.push(answer(m, questions, &slots, *steering, cfg, &bar)?);
-    }
-    bar.finish();
-
-    let bar = Progress::new(total, "judging");
-    for answers in &mut rows {
-        score(judge, &artifacts.eval_prompt, answers)?;
-        bar.inc(answers.len() as u64);
-    }
-    bar.finish();
-
-    let bar = Progress::new(total, "projections");
-    let mut baseline_sums = vec![(0.0, 0); layers.len()];
-    for a in &rows[0] {
-        if let Some(h) = response_average(m, a)? {
-            for ((sum, n), &l) in baseline_sums.iter_mut().zip(&layers) {
-                *sum += project(&h[l], &vector[l]);
-                *n += 1;
-            }
-        }
-        bar.inc(1);
-    }
-    for (answers, &l) in rows[1..].iter_mut().zip(&layers) {
-        for a in answers.iter_mut() {
-            a.projection = response_average(m, a)?.map(|h| project(&h[l], &vector[l]));
-            bar.inc(1);
-        }
-    }
-    bar.finish();
-
-    let baseline = row(None, rows.remove(0), None);
-    let layer_rows: Vec<SweepRow> = rows
-        .into_iter()
-        .zip(&layers)
-        .zip(baseline_sums)
-        .map(|((answers, &l), (sum, n))| row(Some(l), answers, (n > 0).then(|| sum / n as f32)))
-        .collect();
-    Ok(SweepReport {
-        trait_name: artifacts.trait_name.clone(),
-        judge: judge.describe(),
-        config: SweepConfig {
-            layers: Some(layers),
-            ..cfg.clone()
-        },
-        recommendation: recommend(&layer_rows, cfg.min_coherence),
-        baseline,
-        layers: layer_rows,
-    })
+    Ok(layers)
 }
 
-/// Every slot's answer under one steering (or none), in batches.
-fn answer(
+/// Steering on the answer's tokens at one layer each.
+fn steerings(
     m: &LoadedModel,
-    questions: &[String],
-    slots: &[Slot],
-    steering: Option<&Steering>,
-    cfg: &SweepConfig,
-    bar: &Progress,
-) -> Result<Vec<SweepAnswer>> {
-    let lm = Lm::new(&m.model).with_steering(steering);
-    let specials = Specials::of(&m.tokenizer);
-    let mut answers = Vec::with_capacity(slots.len());
-    for chunk in slots.chunks(cfg.batch_size.max(1)) {
-        let prompts: Vec<Vec<u32>> = chunk.iter().map(|s| s.prompt.clone()).collect();
-        let seeds: Vec<u64> = chunk.iter().map(|s| s.seed).collect();
-        let ids = generate_seeded(lm, &prompts, &seeds, &specials, &cfg.sampling)?;
-        for (s, ids) in chunk.iter().zip(ids) {
-            answers.push(SweepAnswer {
-                question: s.question,
-                rollout: s.rollout,
-                seed: s.seed,
-                prompt: questions[s.question].clone(),
-                answer: m.tokenizer.decode(&ids, true)?,
-                trait_score: None,
-                coherence: None,
-                projection: None,
-            });
+    vector: &[Vec<f32>],
+    layers: &[usize],
+    coef: f32,
+) -> Result<Vec<Steering>> {
+    let (num_layers, hidden) = (m.model.config().num_layers, m.model.config().hidden_size);
+    layers
+        .iter()
+        .map(|&l| {
+            let at = SteerLayers::Single(l);
+            Steering::new(vector, at, coef, Positions::Response, num_layers, hidden)
+        })
+        .collect()
+}
+
+/// What every run of the sweep shares: the model, the trait, the vector, the settings, the layers
+/// steered, and the slots every run answers.
+struct Run<'a> {
+    m: &'a LoadedModel,
+    artifacts: &'a TraitArtifacts,
+    vector: &'a [Vec<f32>],
+    cfg: &'a SweepConfig,
+    layers: Vec<usize>,
+    questions: &'a [String],
+    slots: Vec<Slot>,
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        m: &'a LoadedModel,
+        artifacts: &'a TraitArtifacts,
+        vector: &'a [Vec<f32>],
+        cfg: &'a SweepConfig,
+        layers: Vec<usize>,
+    ) -> Result<Self> {
+        let asked = cfg.questions.min(artifacts.eval_questions.len());
+        let questions = &artifacts.eval_questions[..asked];
+        let mut slots = Vec::new();
+        for (question, text) in questions.iter().enumerate() {
+            let prompt = m.tokenizer.encode_chat(&chat(None, text, None), true)?.ids;
+            for rollout in 0..cfg.rollouts {
+                slots.push(Slot {
+                    question,
+                    rollout,
+                    seed: mix_seed(cfg.sampling.seed, &[question as u64, rollout as u64]),
+                    prompt: prompt.clone(),
+                });
+            }
         }
-        bar.inc(chunk.len() as u64);
+        Ok(Self {
+            m,
+            artifacts,
+            vector,
+            cfg,
+            layers,
+            questions,
+            slots,
+        })
     }
-    Ok(answers)
+
+    /// Every slot's answer under one steering (or none), in batches.
+    fn answer(&self, steering: Option<&Steering>, bar: &Progress) -> Result<Vec<SweepAnswer>> {
+        let lm = Lm::new(&self.m.model).with_steering(steering);
+        let mut answers = Vec::with_capacity(self.slots.len());
+        for chunk in self.slots.chunks(self.cfg.batch_size.max(1)) {
+            let prompts: Vec<Vec<u32>> = chunk.iter().map(|s| s.prompt.clone()).collect();
+            let seeds: Vec<u64> = chunk.iter().map(|s| s.seed).collect();
+            let texts =
+                generate_answers(lm, &self.m.tokenizer, &prompts, &seeds, &self.cfg.sampling)?;
+            for (s, answer) in chunk.iter().zip(texts) {
+                answers.push(SweepAnswer {
+                    question: s.question,
+                    rollout: s.rollout,
+                    seed: s.seed,
+                    prompt: self.questions[s.question].clone(),
+                    answer,
+                    trait_score: None,
+                    coherence: None,
+                    projection: None,
+                });
+            }
+            bar.inc(chunk.len() as u64);
+        }
+        Ok(answers)
+    }
+
+    /// The unsteered answers' mean projection at each layer: where steering moved it from.
+    fn baseline_projections(
+        &self,
+        baseline: &[SweepAnswer],
+        bar: &Progress,
+    ) -> Result<Vec<Option<f32>>> {
+        let mut sums = vec![(0.0, 0); self.layers.len()];
+        for a in baseline {
+            if let Some(h) = response_average(self.m, a)? {
+                for ((sum, n), &l) in sums.iter_mut().zip(&self.layers) {
+                    *sum += project(&h[l], &self.vector[l]);
+                    *n += 1;
+                }
+            }
+            bar.inc(1);
+        }
+        Ok(sums
+            .into_iter()
+            .map(|(sum, n)| (n > 0).then(|| sum / n as f32))
+            .collect())
+    }
+
+    /// Each answer's projection at `layer`, where it was steered.
+    fn project(&self, answers: &mut [SweepAnswer], layer: usize, bar: &Progress) -> Result<()> {
+        for a in answers {
+            a.projection =
+                response_average(self.m, a)?.map(|h| project(&h[layer], &self.vector[layer]));
+            bar.inc(1);
+        }
+        Ok(())
+    }
+
+    /// The rows (unsteered first) as a report, with the recommended layer.
+    fn report(
+        self,
+        judge: &dyn Judge,
+        mut rows: Vec<Vec<SweepAnswer>>,
+        baseline_projections: Vec<Option<f32>>,
+    ) -> SweepReport {
+        let baseline = row(None, rows.remove(0), None);
+        let layer_rows: Vec<SweepRow> = rows
+            .into_iter()
+            .zip(&self.layers)
+            .zip(baseline_projections)
+            .map(|((answers, &l), p)| row(Some(l), answers, p))
+            .collect();
+        SweepReport {
+            trait_name: self.artifacts.trait_name.clone(),
+            judge: judge.describe(),
+            config: SweepConfig {
+                layers: Some(self.layers),
+                ..self.cfg.clone()
+            },
+            recommendation: recommend(&layer_rows, self.cfg.min_coherence),
+            baseline,
+            layers: layer_rows,
+        }
+    }
 }
 
 fn score(judge: &dyn Judge, trait_rubric: &str, answers: &mut [SweepAnswer]) -> Result<()> {
-    let fill = |template: &str| -> Vec<String> {
-        answers
-            .iter()
-            .map(|a| rubric::fill(template, &a.prompt, &a.answer))
-            .collect()
-    };
-    let (trait_prompts, coherence_prompts) = (fill(trait_rubric), fill(rubric::COHERENCE));
-    let traits = judge.score(&trait_prompts)?;
-    let coherence = judge.score(&coherence_prompts)?;
-    ensure!(
-        traits.len() == answers.len() && coherence.len() == answers.len(),
-        "the judge returned {} and {} scores for {} answers",
-        traits.len(),
-        coherence.len(),
-        answers.len()
-    );
-    for ((a, t), c) in answers.iter_mut().zip(traits).zip(coherence) {
-        a.trait_score = t;
-        a.coherence = c;
+    let asked = answers
+        .iter()
+        .map(|a| (a.prompt.as_str(), a.answer.as_str()));
+    let scores = judge_answers(judge, trait_rubric, asked)?;
+    for (a, (trait_score, coherence)) in answers.iter_mut().zip(scores) {
+        a.trait_score = trait_score;
+        a.coherence = coherence;
     }
     Ok(())
 }
@@ -346,17 +407,11 @@ fn score(judge: &dyn Judge, trait_rubric: &str, answers: &mut [SweepAnswer]) -> 
 /// The answer's response-average hidden state at every layer, as extraction measures it: an
 /// unsteered forward pass of prompt + answer. `None` when the answer has no tokens.
 fn response_average(m: &LoadedModel, a: &SweepAnswer) -> Result<Option<Vec<Vec<f32>>>> {
-    let enc = m
-        .tokenizer
-        .encode_chat(&chat(&a.prompt, Some(&a.answer)), false)?;
-    let start = enc
-        .response_start
-        .context("rendered chat has no assistant span")?;
-    let end = enc.response_end.unwrap_or(enc.ids.len());
-    if end <= start {
+    let (ids, span) = response_span(&m.tokenizer, &chat(None, &a.prompt, Some(&a.answer)))?;
+    if span.is_empty() {
         return Ok(None);
     }
-    let mut acts = activation_averages(Lm::new(&m.model), &enc.ids, start..end)?;
+    let mut acts = activation_averages(Lm::new(&m.model), &ids, span)?;
     Ok(acts.remove("response_avg"))
 }
 
@@ -516,22 +571,6 @@ impl SweepReport {
             .insert("recommended_coef".into(), self.config.coef.to_string());
         v.save(vector_path)
     }
-}
-
-fn answer_seed(base: u64, question: usize, rollout: usize) -> u64 {
-    [question as u64, rollout as u64]
-        .iter()
-        .fold(base, |h, &x| {
-            (h ^ x).wrapping_mul(0x100000001b3).rotate_left(17)
-        })
-}
-
-fn chat(question: &str, answer: Option<&str>) -> Vec<ChatMessage> {
-    let mut messages = vec![ChatMessage::new("user", question)];
-    if let Some(a) = answer {
-        messages.push(ChatMessage::new("assistant", a));
-    }
-    messages
 }
 
 #[cfg(test)]

@@ -2,13 +2,13 @@
 //! filtered file, and print the table.
 
 use super::{
-    cache_dir, drop_mask, score, summarize, Dataset, DatasetSummary, SampleScore, ScreenConfig,
+    drop_mask, score, summarize, Dataset, DatasetSummary, SampleScore, ScreenConfig, Screened,
 };
-use crate::loader::ModelSpec;
+use crate::loader::{LoadedModel, ModelSpec};
 use crate::persona::vector::TraitDirection;
 use anyhow::{ensure, Context, Result};
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Everything one `persona-train screen` run needs.
 #[derive(Debug, Clone)]
@@ -27,19 +27,9 @@ pub struct ScreenJob {
     pub out: PathBuf,
     /// Screen only the first N chats of each file.
     pub limit: Option<usize>,
-    /// Length of the base model's greedy answers.
-    pub max_new_tokens: usize,
-    /// Prompts generated (and chats measured) together.
-    pub batch_size: usize,
-    /// Average over at most this many response tokens (dataset and base answers alike).
-    pub max_response_tokens: Option<usize>,
-    /// Only the proxy (response minus last-prompt-token projection): no generation, fast.
-    pub no_generate: bool,
-    /// Where base answers and projections are cached; default `$PERSONA_TRAIN_CACHE/screen`
-    /// (`~/.cache/persona-train/screen`).
-    pub cache: Option<PathBuf>,
-    /// Neither read nor write the cache (everything is generated and measured again).
-    pub no_cache: bool,
+    /// How the samples are scored: base-answer length, batch size, generation (ΔP) or only the
+    /// proxy, response truncation and the cache directory.
+    pub scoring: ScreenConfig,
     /// Drop the K highest-scoring samples (by ΔP; by the proxy with --no-generate).
     pub drop_top: Option<usize>,
     /// Drop samples scoring above T (ΔP; the proxy with --no-generate).
@@ -78,46 +68,68 @@ struct SummaryFile<'a> {
 
 /// Scores the data files, writes the ranking, summary, histogram and filtered file, and prints
 /// the table.
-pub fn run(a: &ScreenJob) -> Result<()> {
+pub fn run(job: &ScreenJob) -> Result<()> {
+    check(job)?;
+    // Every data file is read before the model loads, so a bad line fails at once.
+    let datasets = job
+        .data
+        .iter()
+        .map(|p| Dataset::read(p, job.limit))
+        .collect::<Result<Vec<_>>>()?;
+    let m = job.model.load()?;
+    let direction =
+        TraitDirection::load(&job.vector, &job.vector_kind, job.layer, m.model.config())?;
+    let screened = score_timed(&m, &direction, &datasets, &job.scoring)?;
+
+    // Which samples the filter drops, then every output file and the table.
+    let outcome = Outcome::new(job, &m, datasets, direction, screened);
+    outcome.write_ranking()?;
+    let summaries = outcome.summaries();
+    let summary_path = outcome.write_summary(&summaries)?;
+    let png = outcome.write_histogram()?;
+    outcome.print(&summaries, &summary_path, &png);
+    if let Some(path) = &job.write_filtered {
+        outcome.write_filtered(path)?;
+    }
+    Ok(())
+}
+
+/// Every problem with the job's flags and files at once.
+fn check(job: &ScreenJob) -> Result<()> {
     let mut problems = Vec::new();
-    if a.batch_size == 0 {
+    if job.scoring.batch_size == 0 {
         problems.push("--batch-size must be at least 1".to_owned());
     }
-    if a.write_filtered.is_some() && a.drop_top.is_none() && a.threshold.is_none() {
+    if job.write_filtered.is_some() && job.drop_top.is_none() && job.threshold.is_none() {
         problems.push("--write-filtered needs --drop-top K or --threshold T".to_owned());
     }
-    if a.write_filtered.is_some() && a.data.len() != 1 {
+    if job.write_filtered.is_some() && job.data.len() != 1 {
         problems.push(format!(
             "--write-filtered filters one --data file, {} were given",
-            a.data.len()
+            job.data.len()
         ));
     }
-    for d in &a.data {
+    for d in &job.data {
         if !d.is_file() {
             problems.push(format!("--data {}: no such file", d.display()));
         }
     }
-    if !a.vector.is_file() {
-        problems.push(format!("--vector {}: no such file", a.vector.display()));
+    if !job.vector.is_file() {
+        problems.push(format!("--vector {}: no such file", job.vector.display()));
     }
     ensure!(problems.is_empty(), "{}", problems.join("\n"));
+    Ok(())
+}
 
-    let datasets = a
-        .data
-        .iter()
-        .map(|p| Dataset::read(p, a.limit))
-        .collect::<Result<Vec<_>>>()?;
-    let m = a.model.load()?;
-    let direction = TraitDirection::load(&a.vector, &a.vector_kind, a.layer, m.model.config())?;
-    let cfg = ScreenConfig {
-        max_new_tokens: a.max_new_tokens,
-        batch_size: a.batch_size,
-        generate: !a.no_generate,
-        max_response_tokens: a.max_response_tokens,
-        cache: (!a.no_cache).then(|| a.cache.clone().unwrap_or_else(cache_dir)),
-    };
+/// [`score`], saying how long it took and where the answers and projections came from.
+fn score_timed(
+    m: &LoadedModel,
+    direction: &TraitDirection,
+    datasets: &[Dataset],
+    cfg: &ScreenConfig,
+) -> Result<Screened> {
     let t = std::time::Instant::now();
-    let screened = score(&m, &direction, &datasets, &cfg)?;
+    let screened = score(m, direction, datasets, cfg)?;
     eprintln!(
         "scored {} samples in {:.1} s ({} base answers generated, {} from the cache; {} sequences measured, the others' projections cached)",
         screened.scores.iter().map(Vec::len).sum::<usize>(),
@@ -126,100 +138,167 @@ pub fn run(a: &ScreenJob) -> Result<()> {
         screened.cached,
         screened.forward,
     );
+    Ok(screened)
+}
 
-    let filtering = a.drop_top.is_some() || a.threshold.is_some();
-    let all: Vec<&SampleScore> = screened.scores.iter().flatten().collect();
-    let keys: Vec<Option<f32>> = all.iter().map(|s| s.key(cfg.generate)).collect();
-    let dropped = drop_mask(&keys, a.drop_top, a.threshold);
-    let mut order: Vec<usize> = (0..all.len()).collect();
-    // Highest first; samples without a score last, in file order.
-    order.sort_by(|&i, &j| match (keys[i], keys[j]) {
-        (Some(x), Some(y)) => y.total_cmp(&x),
-        (Some(_), None) => std::cmp::Ordering::Less,
-        (None, Some(_)) => std::cmp::Ordering::Greater,
-        (None, None) => i.cmp(&j),
-    });
-    let mut text = String::new();
-    for (rank, &i) in order.iter().enumerate() {
-        let line = Ranked {
-            rank: rank + 1,
-            score: all[i],
-            dropped: filtering.then_some(dropped[i]),
-        };
-        text += &serde_json::to_string(&line)?;
-        text.push('\n');
-    }
-    create_parent(&a.out)?;
-    crate::atomic::write(&a.out, text.as_bytes())?;
+/// A scored run and what the filter made of it; every sample-indexed vector is in file order,
+/// the datasets one after the other.
+struct Outcome<'a> {
+    job: &'a ScreenJob,
+    /// The model directory or file, as the summary names it.
+    model: String,
+    datasets: Vec<Dataset>,
+    direction: TraitDirection,
+    screened: Screened,
+    /// What ranking and filtering use (see [`SampleScore::key`]).
+    keys: Vec<Option<f32>>,
+    dropped: Vec<bool>,
+}
 
-    let mut summaries = Vec::new();
-    let mut at = 0;
-    for rows in &screened.scores {
-        let n = dropped[at..at + rows.len()].iter().filter(|&&d| d).count();
-        summaries.push(summarize(rows, n));
-        at += rows.len();
-    }
-    let summary_path = a.out.with_extension("summary.json");
-    let summary = SummaryFile {
-        trait_name: &direction.trait_name,
-        layer: direction.layer,
-        vector: a.vector.display().to_string(),
-        vector_kind: &a.vector_kind,
-        model: &m.files.path().display().to_string(),
-        ranked_by: if cfg.generate { "delta" } else { "proxy" },
-        max_new_tokens: cfg.generate.then_some(cfg.max_new_tokens),
-        max_response_tokens: cfg.max_response_tokens,
-        generated: screened.generated,
-        cached: screened.cached,
-        datasets: &summaries,
-    };
-    crate::atomic::write(
-        &summary_path,
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
-
-    let png = a.out.with_extension("png");
-    let what = if cfg.generate {
-        "ΔP"
-    } else {
-        "proxy (response − last prompt token)"
-    };
-    crate::plot::Histogram {
-        title: format!(
-            "{} {what}, layer {} (dashed: dataset means)",
-            direction.trait_name, direction.layer
-        ),
-        x_label: format!("{what} on the {} direction", direction.trait_name),
-        series: datasets
+impl<'a> Outcome<'a> {
+    fn new(
+        job: &'a ScreenJob,
+        m: &LoadedModel,
+        datasets: Vec<Dataset>,
+        direction: TraitDirection,
+        screened: Screened,
+    ) -> Self {
+        let keys: Vec<Option<f32>> = screened
+            .scores
             .iter()
-            .zip(&screened.scores)
+            .flatten()
+            .map(|s| s.key(job.scoring.generate))
+            .collect();
+        Self {
+            dropped: drop_mask(&keys, job.drop_top, job.threshold),
+            keys,
+            job,
+            model: m.files.path().display().to_string(),
+            datasets,
+            direction,
+            screened,
+        }
+    }
+
+    fn filtering(&self) -> bool {
+        self.job.drop_top.is_some() || self.job.threshold.is_some()
+    }
+
+    /// The ranked JSONL file: highest first, samples without a score last, in file order.
+    fn write_ranking(&self) -> Result<()> {
+        let all: Vec<&SampleScore> = self.screened.scores.iter().flatten().collect();
+        let keys = &self.keys;
+        let mut order: Vec<usize> = (0..all.len()).collect();
+        order.sort_by(|&i, &j| match (keys[i], keys[j]) {
+            (Some(x), Some(y)) => y.total_cmp(&x),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => i.cmp(&j),
+        });
+        let mut text = String::new();
+        for (rank, &i) in order.iter().enumerate() {
+            let line = Ranked {
+                rank: rank + 1,
+                score: all[i],
+                dropped: self.filtering().then_some(self.dropped[i]),
+            };
+            text += &serde_json::to_string(&line)?;
+            text.push('\n');
+        }
+        create_parent(&self.job.out)?;
+        crate::atomic::write(&self.job.out, text.as_bytes())
+    }
+
+    /// One summary per dataset, with how many of its samples the filter dropped.
+    fn summaries(&self) -> Vec<DatasetSummary> {
+        let mut at = 0;
+        let mut summaries = Vec::new();
+        for rows in &self.screened.scores {
+            let n = self.dropped[at..at + rows.len()]
+                .iter()
+                .filter(|&&d| d)
+                .count();
+            summaries.push(summarize(rows, n));
+            at += rows.len();
+        }
+        summaries
+    }
+
+    /// NAME.summary.json beside the ranking; returns its path.
+    fn write_summary(&self, summaries: &[DatasetSummary]) -> Result<PathBuf> {
+        let (job, cfg) = (self.job, &self.job.scoring);
+        let summary = SummaryFile {
+            trait_name: &self.direction.trait_name,
+            layer: self.direction.layer,
+            vector: job.vector.display().to_string(),
+            vector_kind: &job.vector_kind,
+            model: &self.model,
+            ranked_by: if cfg.generate { "delta" } else { "proxy" },
+            max_new_tokens: cfg.generate.then_some(cfg.max_new_tokens),
+            max_response_tokens: cfg.max_response_tokens,
+            generated: self.screened.generated,
+            cached: self.screened.cached,
+            datasets: summaries,
+        };
+        let path = job.out.with_extension("summary.json");
+        crate::atomic::write(&path, serde_json::to_string_pretty(&summary)?.as_bytes())?;
+        Ok(path)
+    }
+
+    /// NAME.png beside the ranking, one series per dataset; returns its path.
+    fn write_histogram(&self) -> Result<PathBuf> {
+        let generated = self.job.scoring.generate;
+        let what = if generated {
+            "ΔP"
+        } else {
+            "proxy (response − last prompt token)"
+        };
+        let (name, layer) = (&self.direction.trait_name, self.direction.layer);
+        let series = self
+            .datasets
+            .iter()
+            .zip(&self.screened.scores)
             .map(|(d, rows)| {
                 let v = rows
                     .iter()
-                    .map(|s| s.key(cfg.generate).map_or(f64::NAN, f64::from))
+                    .map(|s| s.key(generated).map_or(f64::NAN, f64::from))
                     .collect();
                 (d.name(), v)
-            })
-            .collect(),
-        bins: 30,
+            });
+        let path = self.job.out.with_extension("png");
+        crate::plot::Histogram {
+            title: format!("{name} {what}, layer {layer} (dashed: dataset means)"),
+            x_label: format!("{what} on the {name} direction"),
+            series: series.collect(),
+            bins: 30,
+        }
+        .save_png(&path)?;
+        Ok(path)
     }
-    .save_png(&png)?;
 
-    println!("{}", table(&datasets, &summaries, cfg.generate));
-    println!(
-        "trait {}, layer {}; ranked: {}, summary: {}, histogram: {}",
-        direction.trait_name,
-        direction.layer,
-        a.out.display(),
-        summary_path.display(),
-        png.display()
-    );
+    /// The side-by-side table and where the files went.
+    fn print(&self, summaries: &[DatasetSummary], summary_path: &Path, png: &Path) {
+        println!(
+            "{}",
+            table(&self.datasets, summaries, self.job.scoring.generate)
+        );
+        println!(
+            "trait {}, layer {}; ranked: {}, summary: {}, histogram: {}",
+            self.direction.trait_name,
+            self.direction.layer,
+            self.job.out.display(),
+            summary_path.display(),
+            png.display()
+        );
+    }
 
-    if let Some(path) = &a.write_filtered {
-        let kept: String = datasets[0]
+    /// The one data file's kept lines, unchanged and in their original order.
+    fn write_filtered(&self, path: &Path) -> Result<()> {
+        let dropped = &self.dropped;
+        let kept: String = self.datasets[0]
             .samples
             .iter()
-            .zip(&dropped)
+            .zip(dropped)
             .filter(|(_, &d)| !d)
             .map(|(s, _)| format!("{}\n", s.raw))
             .collect();
@@ -232,8 +311,8 @@ pub fn run(a: &ScreenJob) -> Result<()> {
             dropped.len() - n,
             path.display()
         );
+        Ok(())
     }
-    Ok(())
 }
 
 /// The printed side-by-side table.
@@ -271,7 +350,7 @@ fn table(datasets: &[Dataset], summaries: &[DatasetSummary], generated: bool) ->
 }
 
 /// Output paths may name a directory that does not exist yet (`--out screen/ranked.jsonl`).
-fn create_parent(path: &std::path::Path) -> Result<()> {
+fn create_parent(path: &Path) -> Result<()> {
     match path.parent().filter(|d| !d.as_os_str().is_empty()) {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))

@@ -26,17 +26,19 @@ pub use cache::{cache_dir, AnswerCache, ProjectionCache};
 pub use command::{run, ScreenJob};
 pub use summary::{auroc, drop_mask, summarize, DatasetSummary, Stats};
 
+use crate::data::{read_chat_lines, ChatLine};
 use crate::generate::{generate, Sampling, Specials};
 use crate::lm::Lm;
 use crate::loader::LoadedModel;
 use crate::model::{Forward, ForwardInput};
+use crate::persona::monitor::read_layers;
 use crate::persona::vector::TraitDirection;
 use crate::progress::Progress;
-use crate::tokenizer::chat::parse_chat_line;
-use crate::tokenizer::ChatMessage;
+use crate::tokenizer::{ChatMessage, Tokenizer};
 use anyhow::{bail, ensure, Context, Result};
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -77,6 +79,34 @@ pub struct Sample {
     pub response: String,
 }
 
+impl Sample {
+    /// Screening's rule: the last assistant message is the response, and it needs a prompt
+    /// before it and some text.
+    fn from_chat(chat: ChatLine) -> Result<Self> {
+        let at = &chat.origin;
+        let Some(last) = chat.messages.iter().rposition(|m| m.role == "assistant") else {
+            bail!("{at}: no assistant message, so no response to screen");
+        };
+        ensure!(
+            last > 0,
+            "{at}: the assistant message has no prompt before it"
+        );
+        ensure!(
+            !chat.messages[last].content.trim().is_empty(),
+            "{at}: the last assistant message is empty"
+        );
+        let response = chat.messages[last].content.clone();
+        let mut prompt = chat.messages;
+        prompt.truncate(last);
+        Ok(Self {
+            line: chat.line,
+            raw: chat.raw,
+            prompt,
+            response,
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Dataset {
     pub path: PathBuf,
@@ -87,43 +117,9 @@ impl Dataset {
     /// Reads `{"messages": [...]}` lines (the first `limit` chats when given); errors name the
     /// file and line.
     pub fn read(path: &Path, limit: Option<usize>) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read data file {}", path.display()))?;
-        let mut samples = Vec::new();
-        for (i, raw) in text.lines().enumerate() {
-            if limit.is_some_and(|n| samples.len() >= n) {
-                break;
-            }
-            let line = i + 1;
-            if raw.trim().is_empty() {
-                continue;
-            }
-            let at = || format!("{}:{line}", path.display());
-            let messages = parse_chat_line(raw).with_context(at)?;
-            let Some(last) = messages.iter().rposition(|m| m.role == "assistant") else {
-                bail!("{}: no assistant message, so no response to screen", at());
-            };
-            ensure!(
-                last > 0,
-                "{}: the assistant message has no prompt before it",
-                at()
-            );
-            ensure!(
-                !messages[last].content.trim().is_empty(),
-                "{}: the last assistant message is empty",
-                at()
-            );
-            samples.push(Sample {
-                line,
-                raw: raw.to_owned(),
-                response: messages[last].content.clone(),
-                prompt: messages[..last].to_vec(),
-            });
-        }
-        ensure!(!samples.is_empty(), "{}: no chats", path.display());
         Ok(Self {
             path: path.to_path_buf(),
-            samples,
+            samples: read_chat_lines(path, "data file", limit, Sample::from_chat)?,
         })
     }
 
@@ -190,46 +186,58 @@ pub fn span_projections(
         &ForwardInput::right_padded(&rows, &lm.device()),
         Forward::hidden_states(),
     )?;
-    let mut states: BTreeMap<usize, (Vec<f32>, usize, usize)> = BTreeMap::new();
-    for d in directions {
-        ensure!(
-            d.layer < out.hidden_states.len(),
-            "{}: layer {} is out of range (the model returns {} hidden states)",
-            d.trait_name,
-            d.layer,
-            out.hidden_states.len()
-        );
-        if let std::collections::btree_map::Entry::Vacant(e) = states.entry(d.layer) {
-            let h = out.hidden_states[d.layer].clone();
-            let [_, t, hidden] = h.dims();
-            e.insert((h.into_data().convert::<f32>().try_into_vec()?, t, hidden));
-        }
-    }
+    let states = read_layers(&out.hidden_states, directions, LayerStates::read)?;
     Ok(seqs
         .iter()
         .enumerate()
         .map(|(r, s)| {
             directions
                 .iter()
-                .map(|d| {
-                    let (h, t, hidden) = &states[&d.layer];
-                    let at = |i: usize| &h[(r * t + i) * hidden..(r * t + i + 1) * hidden];
-                    let mut mean = vec![0.0f64; *hidden];
-                    for i in s.response.clone() {
-                        mean.iter_mut()
-                            .zip(at(i))
-                            .for_each(|(m, &x)| *m += x as f64);
-                    }
-                    let n = s.response.len() as f64;
-                    let mean: Vec<f32> = mean.into_iter().map(|m| (m / n) as f32).collect();
-                    SpanProjections {
-                        response_avg: d.project(&mean),
-                        prompt_last: d.project(at(s.response.start - 1)),
-                    }
-                })
+                .map(|d| states[&d.layer].project_span(r, s, d))
                 .collect()
         })
         .collect())
+}
+
+/// One layer's hidden states of a batch, flattened `[row][position][hidden]`.
+struct LayerStates {
+    h: Vec<f32>,
+    positions: usize,
+    hidden: usize,
+}
+
+impl LayerStates {
+    fn read(h: &Tensor<3>) -> Result<Self> {
+        let [_, positions, hidden] = h.dims();
+        let h = h.clone().into_data().convert::<f32>().try_into_vec()?;
+        Ok(Self {
+            h,
+            positions,
+            hidden,
+        })
+    }
+
+    fn at(&self, row: usize, i: usize) -> &[f32] {
+        let start = (row * self.positions + i) * self.hidden;
+        &self.h[start..start + self.hidden]
+    }
+
+    /// Row `row`'s projections on `d`: of its response average (accumulated in f64) and of its
+    /// last prompt token.
+    fn project_span(&self, row: usize, s: &Teacher, d: &TraitDirection) -> SpanProjections {
+        let mut mean = vec![0.0f64; self.hidden];
+        for i in s.response.clone() {
+            mean.iter_mut()
+                .zip(self.at(row, i))
+                .for_each(|(m, &x)| *m += x as f64);
+        }
+        let n = s.response.len() as f64;
+        let mean: Vec<f32> = mean.into_iter().map(|m| (m / n) as f32).collect();
+        SpanProjections {
+            response_avg: d.project(&mean),
+            prompt_last: d.project(self.at(row, s.response.start - 1)),
+        }
+    }
 }
 
 /// Every score of one sample.
@@ -299,101 +307,27 @@ pub fn score_directions(
 ) -> Result<Vec<Screened>> {
     ensure!(!directions.is_empty(), "no direction to score on");
     ensure!(cfg.batch_size > 0, "batch size must be at least 1");
-    let tok = &m.tokenizer;
     // Tokenize everything first, so a bad chat fails before any long computation.
-    let mut prompts: Vec<Vec<Vec<u32>>> = Vec::new();
-    let mut teachers: Vec<Vec<Teacher>> = Vec::new();
-    for d in datasets {
-        let (mut ps, mut ts) = (Vec::new(), Vec::new());
-        for s in &d.samples {
-            let at = || format!("{}:{}", d.path.display(), s.line);
-            let prompt = tok.encode_chat(&s.prompt, true).with_context(at)?.ids;
-            let mut chat = s.prompt.clone();
-            chat.push(ChatMessage::new("assistant", s.response.clone()));
-            let enc = tok.encode_chat(&chat, false).with_context(at)?;
-            let (Some(start), Some(end)) = (enc.response_start, enc.response_end) else {
-                bail!("{}: cannot locate the response in the rendered chat", at());
-            };
-            ensure!(
-                end > start && start > 0,
-                "{}: the response has no tokens",
-                at()
-            );
-            ps.push(prompt);
-            ts.push(
-                Teacher {
-                    ids: enc.ids,
-                    response: start..end,
-                }
-                .truncated(cfg.max_response_tokens),
-            );
-        }
-        prompts.push(ps);
-        teachers.push(ts);
-    }
+    let encoded = datasets
+        .iter()
+        .map(|d| encode_dataset(&m.tokenizer, d, cfg.max_response_tokens))
+        .collect::<Result<Vec<_>>>()?;
+    let prompts = || encoded.iter().flatten().map(|e| &e.prompt);
 
     // Base answers, one per distinct prompt.
-    let mut answers: HashMap<Vec<u32>, Vec<u32>> = HashMap::new();
-    let (mut generated, mut cached) = (0, 0);
-    if cfg.generate {
-        let sampling = Sampling {
-            max_new_tokens: cfg.max_new_tokens,
-            temperature: 0.0,
-            ..Sampling::default()
-        };
-        let specials = Specials::of(tok);
-        let mut store = match &cfg.cache {
-            Some(dir) => Some(AnswerCache::open(dir, m, &sampling, &specials)?),
-            None => None,
-        };
-        let mut todo: Vec<Vec<u32>> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for p in prompts.iter().flatten() {
-            if !seen.insert(p) {
-                continue;
-            }
-            match store.as_ref().and_then(|s| s.get(p)) {
-                Some(a) => {
-                    answers.insert(p.clone(), a.clone());
-                    cached += 1;
-                }
-                None => todo.push(p.clone()),
-            }
-        }
-        // Similar lengths together: less padding.
-        todo.sort_by_key(Vec::len);
-        let bar = Progress::new(todo.len() as u64, "base answers");
-        for chunk in todo.chunks(cfg.batch_size) {
-            let out = generate(Lm::new(&m.model), chunk, &specials, &sampling)?;
-            for (p, a) in chunk.iter().zip(out) {
-                if let Some(s) = store.as_mut() {
-                    s.put(p, &a)?;
-                }
-                answers.insert(p.clone(), a);
-            }
-            generated += chunk.len();
-            bar.inc(chunk.len() as u64);
-        }
-        bar.finish_and_clear();
-    }
+    let base = if cfg.generate {
+        answer_prompts(m, prompts(), cfg)?
+    } else {
+        BaseAnswers::default()
+    };
 
     // Forward passes: the datasets' chats, then the base answers.
-    let mut seqs: Vec<Teacher> = teachers.iter().flatten().cloned().collect();
-    // In first-seen order, so that the batches (and their float rounding) are the same every run.
-    let mut base_index: HashMap<&[u32], usize> = HashMap::new();
-    for p in prompts.iter().flatten() {
-        let Some(a) = answers.get(p) else { continue };
-        if !a.is_empty() && !base_index.contains_key(p.as_slice()) {
-            base_index.insert(p.as_slice(), seqs.len());
-            seqs.push(
-                Teacher {
-                    ids: [p.as_slice(), a.as_slice()].concat(),
-                    response: p.len()..p.len() + a.len(),
-                }
-                .truncated(cfg.max_response_tokens),
-            );
-        }
-    }
+    let mut seqs: Vec<Teacher> = encoded
+        .iter()
+        .flatten()
+        .map(|e| e.teacher.clone())
+        .collect();
+    let base_index = push_base_sequences(&mut seqs, prompts(), &base.answers, cfg);
     let mut projection_cache = match &cfg.cache {
         Some(dir) => Some(ProjectionCache::open(dir, m)?),
         None => None,
@@ -406,42 +340,211 @@ pub fn score_directions(
         projection_cache.as_mut(),
     )?;
 
-    let mut base_answers: HashMap<&[u32], String> = HashMap::new();
-    for (p, a) in &answers {
-        base_answers.insert(p.as_slice(), tok.decode(a, true)?);
-    }
-    let per_direction = (0..directions.len()).map(|di| {
-        let mut scores = Vec::new();
-        let mut k = 0;
-        for (d, ps) in datasets.iter().zip(&prompts) {
-            let mut rows = Vec::new();
-            for (s, p) in d.samples.iter().zip(ps) {
-                let own = projections[k][di];
-                k += 1;
-                let base = base_index
-                    .get(p.as_slice())
-                    .map(|&i| projections[i][di].response_avg);
-                rows.push(SampleScore {
-                    dataset: d.path.display().to_string(),
-                    line: s.line,
-                    delta: base.map(|b| own.response_avg - b),
-                    proxy: own.response_avg - own.prompt_last,
-                    response_projection: own.response_avg,
-                    base_projection: base,
-                    prompt_last_projection: own.prompt_last,
-                    base_answer: base_answers.get(p.as_slice()).cloned(),
-                });
-            }
-            scores.push(rows);
-        }
-        Screened {
-            scores,
-            generated,
-            cached,
-            forward,
-        }
+    // Every sample's scores, direction by direction.
+    let measured = Measured {
+        projections,
+        base_index,
+        base_text: base.decoded(&m.tokenizer)?,
+    };
+    let per_direction = (0..directions.len()).map(|di| Screened {
+        scores: measured.scores(di, datasets, &encoded),
+        generated: base.generated,
+        cached: base.cached,
+        forward,
     });
     Ok(per_direction.collect())
+}
+
+/// One sample's token ids: its prompt, for the base model to answer, and the whole chat.
+struct Encoded {
+    prompt: Vec<u32>,
+    teacher: Teacher,
+}
+
+fn encode_dataset(
+    tok: &Tokenizer,
+    d: &Dataset,
+    max_response_tokens: Option<usize>,
+) -> Result<Vec<Encoded>> {
+    d.samples
+        .iter()
+        .map(|s| {
+            let at = format!("{}:{}", d.path.display(), s.line);
+            encode_sample(tok, s, &at, max_response_tokens)
+        })
+        .collect()
+}
+
+/// `at` (`file:line`) names the sample in errors.
+fn encode_sample(
+    tok: &Tokenizer,
+    s: &Sample,
+    at: &str,
+    max_response_tokens: Option<usize>,
+) -> Result<Encoded> {
+    let prompt = tok.encode_chat(&s.prompt, true).context(at.to_owned())?.ids;
+    let mut chat = s.prompt.clone();
+    chat.push(ChatMessage::new("assistant", s.response.clone()));
+    let enc = tok.encode_chat(&chat, false).context(at.to_owned())?;
+    let (Some(start), Some(end)) = (enc.response_start, enc.response_end) else {
+        bail!("{at}: cannot locate the response in the rendered chat");
+    };
+    ensure!(end > start && start > 0, "{at}: the response has no tokens");
+    let teacher = Teacher {
+        ids: enc.ids,
+        response: start..end,
+    };
+    Ok(Encoded {
+        prompt,
+        teacher: teacher.truncated(max_response_tokens),
+    })
+}
+
+/// The base model's answers to the distinct prompts, and where they came from.
+#[derive(Default)]
+struct BaseAnswers {
+    answers: HashMap<Vec<u32>, Vec<u32>>,
+    /// Answered by generating in this run.
+    generated: usize,
+    /// Answered from the cache.
+    cached: usize,
+}
+
+impl BaseAnswers {
+    /// Every answer as text, by prompt.
+    fn decoded(&self, tok: &Tokenizer) -> Result<HashMap<Vec<u32>, String>> {
+        self.answers
+            .iter()
+            .map(|(p, a)| Ok((p.clone(), tok.decode(a, true)?)))
+            .collect()
+    }
+}
+
+/// Greedy answers to every distinct prompt: from the cache where it has them, else generated in
+/// batches (and added to the cache batch by batch).
+fn answer_prompts<'p>(
+    m: &LoadedModel,
+    prompts: impl Iterator<Item = &'p Vec<u32>>,
+    cfg: &ScreenConfig,
+) -> Result<BaseAnswers> {
+    let sampling = Sampling {
+        max_new_tokens: cfg.max_new_tokens,
+        temperature: 0.0,
+        ..Sampling::default()
+    };
+    let specials = Specials::of(&m.tokenizer);
+    let mut store = match &cfg.cache {
+        Some(dir) => Some(AnswerCache::open(dir, m, &sampling, &specials)?),
+        None => None,
+    };
+    let mut base = BaseAnswers::default();
+    let mut todo: Vec<Vec<u32>> = Vec::new();
+    let mut seen = HashSet::new();
+    for p in prompts.filter(|&p| seen.insert(p)) {
+        match store.as_ref().and_then(|s| s.get(p)) {
+            Some(a) => {
+                base.answers.insert(p.clone(), a.clone());
+                base.cached += 1;
+            }
+            None => todo.push(p.clone()),
+        }
+    }
+    // Similar lengths together: less padding.
+    todo.sort_by_key(Vec::len);
+    let bar = Progress::new(todo.len() as u64, "base answers");
+    for chunk in todo.chunks(cfg.batch_size) {
+        let out = generate(Lm::new(&m.model), chunk, &specials, &sampling)?;
+        for (p, a) in chunk.iter().zip(out) {
+            if let Some(s) = store.as_mut() {
+                s.put(p, &a)?;
+            }
+            base.answers.insert(p.clone(), a);
+        }
+        base.generated += chunk.len();
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(base)
+}
+
+/// Appends every distinct prompt's non-empty base answer to `seqs` as a teacher-forced sequence,
+/// and returns where each prompt's sequence is. In first-seen order, so that the batches (and
+/// their float rounding) are the same every run.
+fn push_base_sequences<'p>(
+    seqs: &mut Vec<Teacher>,
+    prompts: impl Iterator<Item = &'p Vec<u32>>,
+    answers: &HashMap<Vec<u32>, Vec<u32>>,
+    cfg: &ScreenConfig,
+) -> HashMap<&'p [u32], usize> {
+    let mut base_index = HashMap::new();
+    for p in prompts {
+        let Some(a) = answers.get(p) else { continue };
+        if !a.is_empty() && !base_index.contains_key(p.as_slice()) {
+            base_index.insert(p.as_slice(), seqs.len());
+            seqs.push(
+                Teacher {
+                    ids: [p.as_slice(), a.as_slice()].concat(),
+                    response: p.len()..p.len() + a.len(),
+                }
+                .truncated(cfg.max_response_tokens),
+            );
+        }
+    }
+    base_index
+}
+
+/// What the scores are read from: every sequence's projections (the datasets' chats first, in
+/// order), where each prompt's base-answer sequence is, and the base answers as text.
+struct Measured<'p> {
+    projections: Vec<Vec<SpanProjections>>,
+    base_index: HashMap<&'p [u32], usize>,
+    base_text: HashMap<Vec<u32>, String>,
+}
+
+impl Measured<'_> {
+    /// `[dataset][sample]` on direction `di`.
+    fn scores(
+        &self,
+        di: usize,
+        datasets: &[Dataset],
+        encoded: &[Vec<Encoded>],
+    ) -> Vec<Vec<SampleScore>> {
+        let mut own = self.projections.iter();
+        datasets
+            .iter()
+            .zip(encoded)
+            .map(|(d, es)| {
+                let samples = d.samples.iter().zip(es).zip(own.by_ref());
+                samples
+                    .map(|((s, e), p)| self.sample_score(d, s, &e.prompt, p[di], di))
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn sample_score(
+        &self,
+        d: &Dataset,
+        s: &Sample,
+        prompt: &[u32],
+        own: SpanProjections,
+        di: usize,
+    ) -> SampleScore {
+        let base = self
+            .base_index
+            .get(prompt)
+            .map(|&i| self.projections[i][di].response_avg);
+        SampleScore {
+            dataset: d.path.display().to_string(),
+            line: s.line,
+            delta: base.map(|b| own.response_avg - b),
+            proxy: own.response_avg - own.prompt_last,
+            response_projection: own.response_avg,
+            base_projection: base,
+            prompt_last_projection: own.prompt_last,
+            base_answer: self.base_text.get(prompt).cloned(),
+        }
+    }
 }
 
 /// [`span_projections`] in batches of similar length, with a progress bar, skipping what the
