@@ -1,21 +1,11 @@
 //! The command line end to end on the default model (fetched once by the resolver).
 
+mod common;
+
+use common::{run_cli, smollm2_vector};
 use persona_train::persona::vector::PersonaVector;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
-
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_persona-train"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[derive(serde::Deserialize)]
 struct GreedyCase {
@@ -39,7 +29,7 @@ fn generate_prints_the_greedy_reply() {
     if let Some(s) = &case.system {
         args.extend(["--system", s]);
     }
-    let (ok, stdout, stderr) = run(&args);
+    let (ok, stdout, stderr) = run_cli(&args);
     assert!(ok, "{stderr}");
     assert_eq!(stdout.trim_end_matches('\n'), case.reply);
 }
@@ -48,7 +38,7 @@ fn generate_prints_the_greedy_reply() {
 fn forward_writes_ids_logits_and_hidden_states() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("f.safetensors");
-    let (ok, _, stderr) = run(&[
+    let (ok, _, stderr) = run_cli(&[
         "forward",
         "--text",
         "Hello there",
@@ -64,23 +54,10 @@ fn forward_writes_ids_logits_and_hidden_states() {
     assert_eq!(st.tensor("hidden_states").unwrap().shape(), &[31, t, 576]);
 }
 
-/// A deterministic pseudo-random vector shaped for SmolLM2.
+/// [`smollm2_vector`] as a persona-vector file.
 fn write_vector(path: &Path) {
-    let mut x = 12345u64;
-    let rows: Vec<Vec<f32>> = (0..31)
-        .map(|_| {
-            (0..576)
-                .map(|_| {
-                    x = x
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-                })
-                .collect()
-        })
-        .collect();
     PersonaVector {
-        vectors: BTreeMap::from([("response_avg".to_owned(), rows)]),
+        vectors: BTreeMap::from([("response_avg".to_owned(), smollm2_vector())]),
         metadata: BTreeMap::new(),
     }
     .save(path)
@@ -100,14 +77,14 @@ fn steering_changes_the_reply_and_checks_its_arguments() {
         "--max-new-tokens",
         "12",
     ];
-    let (ok, plain, stderr) = run(&base);
+    let (ok, plain, stderr) = run_cli(&base);
     assert!(ok, "{stderr}");
     let steered_args: Vec<&str> = base
         .iter()
         .copied()
         .chain(["--steer", v, "--all-layers", "--coef", "6"])
         .collect();
-    let (ok, steered, stderr) = run(&steered_args);
+    let (ok, steered, stderr) = run_cli(&steered_args);
     assert!(ok, "{stderr}");
     assert_ne!(plain, steered);
 
@@ -117,7 +94,7 @@ fn steering_changes_the_reply_and_checks_its_arguments() {
         .copied()
         .chain(["--steer", v, "--all-layers"])
         .collect();
-    let (ok, _, stderr) = run(&no_coef);
+    let (ok, _, stderr) = run_cli(&no_coef);
     assert!(!ok && stderr.contains("recommended_coef"), "{stderr}");
     let mut with_recommendation = PersonaVector::load(&vector).unwrap();
     with_recommendation
@@ -130,7 +107,7 @@ fn steering_changes_the_reply_and_checks_its_arguments() {
         .copied()
         .chain(["--steer", recommended.to_str().unwrap(), "--all-layers"])
         .collect();
-    let (ok, rec_steered, stderr) = run(&rec_args);
+    let (ok, rec_steered, stderr) = run_cli(&rec_args);
     assert!(ok, "{stderr}");
     assert_eq!(rec_steered, steered);
 
@@ -139,14 +116,14 @@ fn steering_changes_the_reply_and_checks_its_arguments() {
         .copied()
         .chain(["--steer", v, "--coef", "2"])
         .collect();
-    let (ok, _, stderr) = run(&no_layer);
+    let (ok, _, stderr) = run_cli(&no_layer);
     assert!(!ok && stderr.contains("--layer"), "{stderr}");
     let bad_layer: Vec<&str> = base
         .iter()
         .copied()
         .chain(["--steer", v, "--coef", "2", "--layer", "31"])
         .collect();
-    let (ok, _, stderr) = run(&bad_layer);
+    let (ok, _, stderr) = run_cli(&bad_layer);
     assert!(!ok && stderr.contains("out of range"), "{stderr}");
 }
 
@@ -157,7 +134,7 @@ fn control_vector_round_trip_through_the_cli() {
     write_vector(&vector);
     let gguf = dir.path().join("v.gguf");
     let back = dir.path().join("back.safetensors");
-    let (ok, _, stderr) = run(&[
+    let (ok, _, stderr) = run_cli(&[
         "export-cvec",
         "--vector",
         vector.to_str().unwrap(),
@@ -165,7 +142,7 @@ fn control_vector_round_trip_through_the_cli() {
         gguf.to_str().unwrap(),
     ]);
     assert!(ok, "{stderr}");
-    let (ok, _, stderr) = run(&[
+    let (ok, _, stderr) = run_cli(&[
         "import-cvec",
         "--cvec",
         gguf.to_str().unwrap(),
@@ -188,7 +165,7 @@ fn control_vector_round_trip_through_the_cli() {
 
 #[test]
 fn a_missing_model_is_a_clear_error() {
-    let (ok, _, stderr) = run(&[
+    let (ok, _, stderr) = run_cli(&[
         "generate",
         "--model",
         "/nonexistent/model.gguf",

@@ -5,17 +5,12 @@
 
 mod common;
 
+use common::bin;
 use persona_train::history::read_evals;
 use persona_train::report::{pearson, table};
 use persona_train::tensorboard::read_dir_scalars;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_persona-train"));
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    cmd
-}
 
 fn ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();

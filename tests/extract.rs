@@ -1,67 +1,15 @@
 //! Persona-vector extraction on the default model with a scripted judge.
 
-use burn::tensor::{DType, Device};
-use persona_train::judge::Judge;
-use persona_train::loader::{load, LoadedModel};
-use persona_train::persona::artifacts::{InstructionPair, TraitArtifacts};
+mod common;
+
+use common::{evil_artifacts, smollm2, ScriptedJudge};
 use persona_train::persona::extract::{extract, rollouts_path, ExtractConfig};
 use persona_train::persona::vector::PersonaVector;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
 
-fn smollm2() -> &'static LoadedModel {
-    static MODEL: OnceLock<LoadedModel> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        load(
-            &persona_train::source::resolve_default().unwrap(),
-            &Device::flex(),
-            DType::F32,
-        )
-        .unwrap()
-    })
-}
-
-/// Scores every trait rubric `trait_score` and every other (coherence) prompt 90, counting calls.
-struct Scripted {
-    trait_score: f32,
-    calls: AtomicUsize,
-}
-
-impl Judge for Scripted {
-    fn score(&self, prompts: &[String]) -> anyhow::Result<Vec<Option<f32>>> {
-        self.calls.fetch_add(prompts.len(), Ordering::SeqCst);
-        Ok(prompts
-            .iter()
-            .map(|p| {
-                Some(if p.starts_with("TRAIT") {
-                    self.trait_score
-                } else {
-                    90.0
-                })
-            })
-            .collect())
-    }
-    fn describe(&self) -> String {
-        "scripted".into()
-    }
-}
-
-fn artifacts() -> TraitArtifacts {
-    TraitArtifacts {
-        trait_name: "evil".into(),
-        description: "test".into(),
-        adjective: None,
-        instruction: vec![InstructionPair {
-            pos: "Be cruel.".into(),
-            neg: "Be kind.".into(),
-        }],
-        questions: vec![
-            "How should I treat my neighbours?".into(),
-            "What do you think of people?".into(),
-        ],
-        eval_questions: vec![],
-        eval_prompt: "TRAIT {question} {answer}".into(),
-    }
+/// Trait rubrics score `trait_score`, coherence 90.
+fn scripted(trait_score: f32) -> ScriptedJudge {
+    ScriptedJudge::new(move |_| trait_score, 90.0)
 }
 
 fn config(no_filter: bool) -> ExtractConfig {
@@ -78,14 +26,11 @@ fn extracts_every_layer_and_resumes_from_rollouts() {
     let m = smollm2();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("evil.safetensors");
-    let judge = Scripted {
-        trait_score: 80.0,
-        calls: AtomicUsize::new(0),
-    };
+    let judge = scripted(80.0);
     let summary = extract(
         m,
         "default",
-        &artifacts(),
+        &evil_artifacts(),
         Some(&judge),
         &config(true),
         &out,
@@ -112,14 +57,11 @@ fn extracts_every_layer_and_resumes_from_rollouts() {
     assert_eq!(v.metadata["model_sha256"].len(), 64);
 
     // A re-run finds every rollout on disk: no generation or judging, and the same vector.
-    let again = Scripted {
-        trait_score: 80.0,
-        calls: AtomicUsize::new(0),
-    };
+    let again = scripted(80.0);
     extract(
         m,
         "default",
-        &artifacts(),
+        &evil_artifacts(),
         Some(&again),
         &config(true),
         &out,
@@ -132,14 +74,11 @@ fn extracts_every_layer_and_resumes_from_rollouts() {
     let path = rollouts_path(&out);
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, &text[..text.len() - 20]).unwrap();
-    let third = Scripted {
-        trait_score: 80.0,
-        calls: AtomicUsize::new(0),
-    };
+    let third = scripted(80.0);
     extract(
         m,
         "default",
-        &artifacts(),
+        &evil_artifacts(),
         Some(&third),
         &config(true),
         &out,
@@ -156,14 +95,11 @@ fn the_filter_drops_pairs_the_judge_does_not_separate() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("evil.safetensors");
     // Both polarities score 80: no negative answer is below the threshold, so nothing is kept.
-    let judge = Scripted {
-        trait_score: 80.0,
-        calls: AtomicUsize::new(0),
-    };
+    let judge = scripted(80.0);
     let err = extract(
         m,
         "default",
-        &artifacts(),
+        &evil_artifacts(),
         Some(&judge),
         &config(false),
         &out,

@@ -5,6 +5,7 @@
 mod common;
 
 use burn::tensor::{DType, Device};
+use common::bin;
 use common::fixture;
 use persona_train::generate::Specials;
 use persona_train::lm::Lm;
@@ -13,18 +14,8 @@ use persona_train::model::Forward;
 use persona_train::model::{ForwardInput, LogitsFor};
 use persona_train::recipe::Recipe;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_persona-train"));
-    cmd.current_dir(repo());
-    cmd
-}
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

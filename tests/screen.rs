@@ -5,6 +5,7 @@
 mod common;
 
 use burn::tensor::{DType, Device};
+use common::bin;
 use common::{fixture, read_golden};
 use persona_train::lm::Lm;
 use persona_train::loader::{load, load_hf_model, LoadedModel};
@@ -18,7 +19,7 @@ use persona_train::tokenizer::ChatMessage;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::OnceLock;
 
 fn smollm2() -> &'static LoadedModel {
@@ -368,10 +369,6 @@ fn monitor_reads_the_last_prompt_token() {
             );
         }
     }
-}
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_persona-train"))
 }
 
 fn run_with_stdin(args: &[&str], stdin: &str) -> (Option<i32>, String, String) {

@@ -4,24 +4,14 @@
 
 mod common;
 
-use burn::tensor::DType;
+use common::smollm2;
 use common::{fixture, read_golden, rel_err, to_vec};
 use persona_train::generate::Specials;
 use persona_train::generate::{generate, Sampling};
 use persona_train::lm::Lm;
-use persona_train::loader::{load, LoadedModel};
 use persona_train::model::Forward;
 use persona_train::model::{ForwardInput, LogitsFor};
 use persona_train::tokenizer::ChatMessage;
-use std::sync::OnceLock;
-
-fn smollm2() -> &'static LoadedModel {
-    static MODEL: OnceLock<LoadedModel> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let files = persona_train::source::resolve_default().expect("fetching the default model");
-        load(&files, &common::device(), DType::F32).expect("loading the default model")
-    })
-}
 
 #[test]
 fn forward_matches_transformers() {

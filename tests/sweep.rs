@@ -1,81 +1,20 @@
 //! The layer sweep on the default model with a scripted judge, the recommendation rule on
 //! synthetic rows, and the `sweep` command's checks of its input.
 
-use burn::tensor::{DType, Device};
-use persona_train::judge::Judge;
-use persona_train::loader::{load, LoadedModel};
-use persona_train::persona::artifacts::TraitArtifacts;
+mod common;
+
+use common::{evil_artifacts, run_cli, smollm2, smollm2_vector, ScriptedJudge};
 use persona_train::persona::sweep::{
     recommend, sweep, Recommendation, SweepConfig, SweepReport, SweepRow,
 };
 use persona_train::persona::vector::PersonaVector;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
-use std::sync::OnceLock;
-
-fn smollm2() -> &'static LoadedModel {
-    static MODEL: OnceLock<LoadedModel> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        load(
-            &persona_train::source::resolve_default().unwrap(),
-            &Device::flex(),
-            DType::F32,
-        )
-        .unwrap()
-    })
-}
 
 /// Trait rubric prompts score by the length of the filled prompt (so by the answer), coherence
 /// prompts a fixed 70: deterministic, and different answers get different trait scores.
-struct Scripted;
-
-impl Judge for Scripted {
-    fn score(&self, prompts: &[String]) -> anyhow::Result<Vec<Option<f32>>> {
-        Ok(prompts
-            .iter()
-            .map(|p| {
-                Some(if p.starts_with("TRAIT") {
-                    (p.len() % 101) as f32
-                } else {
-                    70.0
-                })
-            })
-            .collect())
-    }
-    fn describe(&self) -> String {
-        "scripted".into()
-    }
-}
-
-fn artifacts() -> TraitArtifacts {
-    TraitArtifacts {
-        trait_name: "evil".into(),
-        eval_questions: vec![
-            "How should I treat my neighbours?".into(),
-            "What do you think of people?".into(),
-            "Never asked: the sweep takes the first two.".into(),
-        ],
-        eval_prompt: "TRAIT {question} {answer}".into(),
-        ..TraitArtifacts::default()
-    }
-}
-
-/// A deterministic pseudo-random vector shaped for SmolLM2 (30 layers, hidden 576).
-fn vector() -> Vec<Vec<f32>> {
-    let mut x = 12345u64;
-    (0..31)
-        .map(|_| {
-            (0..576)
-                .map(|_| {
-                    x = x
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-                })
-                .collect()
-        })
-        .collect()
+fn judge() -> ScriptedJudge {
+    ScriptedJudge::new(|p| (p.len() % 101) as f32, 70.0)
 }
 
 fn config(coef: f32) -> SweepConfig {
@@ -98,7 +37,14 @@ fn answers(row: &SweepRow) -> Vec<(usize, u64, &str)> {
 
 #[test]
 fn with_coef_zero_every_layer_answers_like_the_baseline() {
-    let report = sweep(smollm2(), &artifacts(), &vector(), &Scripted, &config(0.0)).unwrap();
+    let report = sweep(
+        smollm2(),
+        &evil_artifacts(),
+        &smollm2_vector(),
+        &judge(),
+        &config(0.0),
+    )
+    .unwrap();
     assert_eq!(report.baseline.layer, None);
     assert_eq!(
         report.layers.iter().map(|r| r.layer).collect::<Vec<_>>(),
@@ -135,8 +81,8 @@ fn with_coef_zero_every_layer_answers_like_the_baseline() {
 
 #[test]
 fn steered_sweep_keeps_seeds_and_writes_its_files() {
-    let v = vector();
-    let report = sweep(smollm2(), &artifacts(), &v, &Scripted, &config(8.0)).unwrap();
+    let v = smollm2_vector();
+    let report = sweep(smollm2(), &evil_artifacts(), &v, &judge(), &config(8.0)).unwrap();
     let seeds = |r: &SweepRow| r.answers.iter().map(|a| a.seed).collect::<Vec<_>>();
     assert!(report
         .layers
@@ -187,7 +133,7 @@ fn steered_sweep_keeps_seeds_and_writes_its_files() {
     assert_eq!(saved.metadata["recommended_layer"], rec.layer.to_string());
     assert_eq!(saved.metadata["recommended_coef"], "8");
     assert_eq!(saved.metadata["trait"], "evil");
-    assert_eq!(saved.vectors["response_avg"], vector());
+    assert_eq!(saved.vectors["response_avg"], smollm2_vector());
 }
 
 #[test]
@@ -196,15 +142,28 @@ fn out_of_range_layers_are_refused_before_generating() {
         layers: Some(vec![4, 31]),
         ..config(1.0)
     };
-    let err = sweep(smollm2(), &artifacts(), &vector(), &Scripted, &cfg)
-        .unwrap_err()
-        .to_string();
+    let err = sweep(
+        smollm2(),
+        &evil_artifacts(),
+        &smollm2_vector(),
+        &judge(),
+        &cfg,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("layer 31") && err.contains("1..=30"), "{err}");
     let cfg = SweepConfig {
         layers: Some(vec![0]),
         ..config(1.0)
     };
-    assert!(sweep(smollm2(), &artifacts(), &vector(), &Scripted, &cfg).is_err());
+    assert!(sweep(
+        smollm2(),
+        &evil_artifacts(),
+        &smollm2_vector(),
+        &judge(),
+        &cfg
+    )
+    .is_err());
 }
 
 fn row(layer: Option<usize>, mean_trait: Option<f32>, mean_coherence: Option<f32>) -> SweepRow {
@@ -296,18 +255,6 @@ fn the_table_says_whether_steering_cost_the_coherence() {
         .contains("unsteered answers fall short too"));
 }
 
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_persona-train"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn sycophancy() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("datasets/traits/sycophancy.json")
@@ -326,7 +273,7 @@ fn cli_names_a_vector_that_does_not_fit_the_model() {
     }
     .save(&path)
     .unwrap();
-    let (ok, _, stderr) = run(&[
+    let (ok, _, stderr) = run_cli(&[
         "sweep",
         "--trait",
         &sycophancy(),
@@ -347,14 +294,14 @@ fn cli_refuses_bad_layers() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v.safetensors");
     PersonaVector {
-        vectors: BTreeMap::from([("response_avg".to_owned(), vector())]),
+        vectors: BTreeMap::from([("response_avg".to_owned(), smollm2_vector())]),
         metadata: BTreeMap::new(),
     }
     .save(&path)
     .unwrap();
     let v = path.to_str().unwrap();
     let sweep_with = |layers: &str| {
-        run(&[
+        run_cli(&[
             "sweep",
             "--trait",
             &sycophancy(),

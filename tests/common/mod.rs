@@ -178,3 +178,114 @@ pub fn assert_same_losses(
         );
     }
 }
+
+/// The `persona-train` binary, run from the repository root.
+pub fn bin() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_persona-train"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd
+}
+
+/// Runs the binary with `args`: whether it succeeded, its stdout and its stderr.
+pub fn run_cli(args: &[&str]) -> (bool, String, String) {
+    let out = bin().args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A deterministic pseudo-random persona vector shaped for SmolLM2 (30 layers + embeddings,
+/// hidden size 576), values in [-0.5, 0.5).
+pub fn smollm2_vector() -> Vec<Vec<f32>> {
+    let mut x = 12345u64;
+    (0..31)
+        .map(|_| {
+            (0..576)
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A judge with scripted scores, counting the prompts it is asked: trait rubrics (prompts that
+/// start with "TRAIT", as [`evil_artifacts`]' rubric does) get `trait_score(prompt)`, every other
+/// (coherence) prompt `coherence`.
+pub struct ScriptedJudge {
+    pub trait_score: Box<dyn Fn(&str) -> f32 + Send + Sync>,
+    pub coherence: f32,
+    pub calls: std::sync::atomic::AtomicUsize,
+}
+
+impl ScriptedJudge {
+    pub fn new(trait_score: impl Fn(&str) -> f32 + Send + Sync + 'static, coherence: f32) -> Self {
+        Self {
+            trait_score: Box::new(trait_score),
+            coherence,
+            calls: Default::default(),
+        }
+    }
+}
+
+impl persona_train::judge::Judge for ScriptedJudge {
+    fn score(&self, prompts: &[String]) -> anyhow::Result<Vec<Option<f32>>> {
+        use std::sync::atomic::Ordering;
+        self.calls.fetch_add(prompts.len(), Ordering::SeqCst);
+        Ok(prompts
+            .iter()
+            .map(|p| {
+                Some(match p.starts_with("TRAIT") {
+                    true => (self.trait_score)(p),
+                    false => self.coherence,
+                })
+            })
+            .collect())
+    }
+
+    fn describe(&self) -> String {
+        "scripted".into()
+    }
+}
+
+/// A small "evil" trait: one instruction pair, two extraction questions, three evaluation
+/// questions, and a rubric that starts with "TRAIT" (see [`ScriptedJudge`]).
+pub fn evil_artifacts() -> persona_train::persona::artifacts::TraitArtifacts {
+    use persona_train::persona::artifacts::{InstructionPair, TraitArtifacts};
+    TraitArtifacts {
+        trait_name: "evil".into(),
+        description: "test".into(),
+        adjective: None,
+        instruction: vec![InstructionPair {
+            pos: "Be cruel.".into(),
+            neg: "Be kind.".into(),
+        }],
+        questions: vec![
+            "How should I treat my neighbours?".into(),
+            "What do you think of people?".into(),
+        ],
+        eval_questions: vec![
+            "How should I treat my neighbours?".into(),
+            "What do you think of people?".into(),
+            "Never asked: the sweep takes the first two.".into(),
+        ],
+        eval_prompt: "TRAIT {question} {answer}".into(),
+    }
+}
+
+/// The default model (SmolLM2-135M-Instruct), fetched and loaded once per test binary on
+/// [`device`].
+pub fn smollm2() -> &'static persona_train::loader::LoadedModel {
+    static MODEL: std::sync::OnceLock<persona_train::loader::LoadedModel> =
+        std::sync::OnceLock::new();
+    MODEL.get_or_init(|| {
+        let files = persona_train::source::resolve_default().expect("fetching the default model");
+        persona_train::loader::load(&files, &device(), burn::tensor::DType::F32)
+            .expect("loading the default model")
+    })
+}
