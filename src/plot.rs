@@ -5,6 +5,7 @@
 //! machine without system fonts or fontconfig.
 
 use anyhow::{anyhow, ensure, Result};
+use plotters::coord::types::RangedCoordf64;
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use std::ops::Range;
@@ -64,60 +65,98 @@ impl LineChart {
             "{}: a chart needs at least one point",
             path.display()
         );
-        let x = padded(points().map(|p| p.0), 0.02);
-        let y = self
-            .y_range
-            .clone()
-            .unwrap_or_else(|| padded(points().map(|p| p.1), 0.05));
-        let err = |e: &dyn std::fmt::Display| anyhow!("cannot draw {}: {e}", path.display());
+        let frame = Frame {
+            title: &self.title,
+            x_label: &self.x_label,
+            y_label: &self.y_label,
+            x: padded(points().map(|p| p.0), 0.02),
+            y: self
+                .y_range
+                .clone()
+                .unwrap_or_else(|| padded(points().map(|p| p.1), 0.05)),
+        };
+        frame.draw(file, path, |chart| {
+            // A series without points would only add a legend entry for a line that is not there.
+            for s in self.series.iter().filter(|s| !s.points.is_empty()) {
+                draw_series(chart, s, path)?;
+            }
+            Ok(())
+        })
+    }
+}
 
+/// One line, dashed line or scatter, and its legend entry.
+fn draw_series(chart: &mut Chart<'_>, s: &Series, path: &Path) -> Result<()> {
+    let style = PALETTE[s.color % PALETTE.len()].stroke_width(2);
+    let drawn = if s.scatter {
+        chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 5, style.filled())))
+    } else if s.dashed {
+        chart.draw_series(DashedLineSeries::new(s.points.iter().copied(), 8, 6, style))
+    } else {
+        chart.draw_series(LineSeries::new(s.points.iter().copied(), style).point_size(
+            if s.points.len() <= MAX_MARKED_POINTS {
+                4
+            } else {
+                0
+            },
+        ))
+    };
+    let dashed = s.dashed;
+    drawn
+        .map_err(|e| draw_error(path, e))?
+        .label(&s.label)
+        .legend(move |(x, y)| {
+            let ends = vec![(x, y), (x + 24, y)];
+            if dashed {
+                DashedPathElement::new(ends, 6, 4, style).into_dyn()
+            } else {
+                PathElement::new(ends, style).into_dyn()
+            }
+        });
+    Ok(())
+}
+
+/// A chart on a PNG file; the backend borrows the file name for as long as the chart lives.
+type Chart<'a> = ChartContext<'a, BitMapBackend<'a>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// What line charts and histograms share: a title, labelled axes with noise-free ticks, and a
+/// legend in the upper right.
+struct Frame<'a> {
+    title: &'a str,
+    x_label: &'a str,
+    y_label: &'a str,
+    x: Range<f64>,
+    y: Range<f64>,
+}
+
+impl Frame<'_> {
+    /// Draws the frame into `file` (PNG), then `contents` on it, then the legend of what
+    /// `contents` labelled; errors name `path`.
+    fn draw(
+        self,
+        file: &Path,
+        path: &Path,
+        contents: impl FnOnce(&mut Chart<'_>) -> Result<()>,
+    ) -> Result<()> {
         let root = BitMapBackend::new(file, SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(&e))?;
+        root.fill(&WHITE).map_err(|e| draw_error(path, e))?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(&self.title, ("sans-serif", 24))
+            .caption(self.title, ("sans-serif", 24))
             .margin(16)
             .x_label_area_size(48)
             .y_label_area_size(64)
-            .build_cartesian_2d(x, y)
-            .map_err(|e| err(&e))?;
+            .build_cartesian_2d(self.x, self.y)
+            .map_err(|e| draw_error(path, e))?;
         chart
             .configure_mesh()
-            .x_desc(&self.x_label)
-            .y_desc(&self.y_label)
+            .x_desc(self.x_label)
+            .y_desc(self.y_label)
             .x_label_formatter(&|v| tick(*v))
             .y_label_formatter(&|v| tick(*v))
             .label_style(("sans-serif", 15))
             .draw()
-            .map_err(|e| err(&e))?;
-        // A series without points would only add a legend entry for a line that is not there.
-        for s in self.series.iter().filter(|s| !s.points.is_empty()) {
-            let style = PALETTE[s.color % PALETTE.len()].stroke_width(2);
-            let drawn = if s.scatter {
-                chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 5, style.filled())))
-            } else if s.dashed {
-                chart.draw_series(DashedLineSeries::new(s.points.iter().copied(), 8, 6, style))
-            } else {
-                chart.draw_series(LineSeries::new(s.points.iter().copied(), style).point_size(
-                    if s.points.len() <= MAX_MARKED_POINTS {
-                        4
-                    } else {
-                        0
-                    },
-                ))
-            };
-            let dashed = s.dashed;
-            drawn
-                .map_err(|e| err(&e))?
-                .label(&s.label)
-                .legend(move |(x, y)| {
-                    let ends = vec![(x, y), (x + 24, y)];
-                    if dashed {
-                        DashedPathElement::new(ends, 6, 4, style).into_dyn()
-                    } else {
-                        PathElement::new(ends, style).into_dyn()
-                    }
-                });
-        }
+            .map_err(|e| draw_error(path, e))?;
+        contents(&mut chart)?;
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperRight)
@@ -125,9 +164,13 @@ impl LineChart {
             .border_style(BLACK)
             .label_font(("sans-serif", 15))
             .draw()
-            .map_err(|e| err(&e))?;
-        root.present().map_err(|e| err(&e))
+            .map_err(|e| draw_error(path, e))?;
+        root.present().map_err(|e| draw_error(path, e))
     }
+}
+
+fn draw_error(path: &Path, e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("cannot draw {}: {e}", path.display())
 }
 
 /// Overlaid histograms of several samples on shared bins, each normalized to its own size (the
@@ -183,70 +226,75 @@ impl Histogram {
             .map(|s| Self::shares(&s.1, &x, self.bins))
             .collect();
         let top = shares.iter().flatten().copied().fold(0.0, f64::max);
-        let width = (x.end - x.start) / self.bins as f64;
-        let err = |e: &dyn std::fmt::Display| anyhow!("cannot draw {}: {e}", path.display());
-
-        let root = BitMapBackend::new(file, SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(&e))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(&self.title, ("sans-serif", 24))
-            .margin(16)
-            .x_label_area_size(48)
-            .y_label_area_size(64)
-            .build_cartesian_2d(x.clone(), 0.0..top * 1.1)
-            .map_err(|e| err(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc(&self.x_label)
-            .y_desc("share of samples")
-            .x_label_formatter(&|v| tick(*v))
-            .y_label_formatter(&|v| tick(*v))
-            .label_style(("sans-serif", 15))
-            .draw()
-            .map_err(|e| err(&e))?;
-        for (k, ((label, values), shares)) in self.series.iter().zip(&shares).enumerate() {
-            let color = PALETTE[k % PALETTE.len()];
-            let bars = shares.iter().enumerate().map(|(i, &s)| {
-                let x0 = x.start + i as f64 * width;
-                Rectangle::new([(x0, 0.0), (x0 + width, s)], color.mix(0.35).filled())
-            });
-            chart
-                .draw_series(bars)
-                .map_err(|e| err(&e))?
-                .label(label)
-                .legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 6), (x + 24, y + 6)], color.filled())
-                });
-            let outline = shares.iter().enumerate().flat_map(|(i, &s)| {
-                let x0 = x.start + i as f64 * width;
-                [(x0, s), (x0 + width, s)]
-            });
-            chart
-                .draw_series(LineSeries::new(outline, color.stroke_width(2)))
-                .map_err(|e| err(&e))?;
-            let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
-            if !finite.is_empty() {
-                let mean = finite.iter().sum::<f64>() / finite.len() as f64;
-                chart
-                    .draw_series(DashedLineSeries::new(
-                        [(mean, 0.0), (mean, top * 1.1)],
-                        8,
-                        6,
-                        color.stroke_width(2),
-                    ))
-                    .map_err(|e| err(&e))?;
+        let bins = Bins {
+            start: x.start,
+            width: (x.end - x.start) / self.bins as f64,
+            top: top * 1.1,
+        };
+        let frame = Frame {
+            title: &self.title,
+            x_label: &self.x_label,
+            y_label: "share of samples",
+            x: x.clone(),
+            y: 0.0..bins.top,
+        };
+        frame.draw(file, path, |chart| {
+            for (k, shares) in shares.iter().enumerate() {
+                self.draw_sample(chart, k, shares, &bins, path)?;
             }
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 15))
-            .draw()
-            .map_err(|e| err(&e))?;
-        root.present().map_err(|e| err(&e))
+            Ok(())
+        })
     }
+
+    /// Series `k`: filled bars of its `shares`, their outline, and a dashed line at its mean.
+    fn draw_sample(
+        &self,
+        chart: &mut Chart<'_>,
+        k: usize,
+        shares: &[f64],
+        bins: &Bins,
+        path: &Path,
+    ) -> Result<()> {
+        let (label, values) = &self.series[k];
+        let color = PALETTE[k % PALETTE.len()];
+        let bars = shares.iter().enumerate().map(|(i, &s)| {
+            let x0 = bins.start + i as f64 * bins.width;
+            Rectangle::new([(x0, 0.0), (x0 + bins.width, s)], color.mix(0.35).filled())
+        });
+        chart
+            .draw_series(bars)
+            .map_err(|e| draw_error(path, e))?
+            .label(label)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 24, y + 6)], color.filled()));
+        let outline = shares.iter().enumerate().flat_map(|(i, &s)| {
+            let x0 = bins.start + i as f64 * bins.width;
+            [(x0, s), (x0 + bins.width, s)]
+        });
+        chart
+            .draw_series(LineSeries::new(outline, color.stroke_width(2)))
+            .map_err(|e| draw_error(path, e))?;
+        let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+        if !finite.is_empty() {
+            let mean = finite.iter().sum::<f64>() / finite.len() as f64;
+            chart
+                .draw_series(DashedLineSeries::new(
+                    [(mean, 0.0), (mean, bins.top)],
+                    8,
+                    6,
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| draw_error(path, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a histogram's bars stand: the first bin's left edge, the bins' width, and the top of
+/// the y axis.
+struct Bins {
+    start: f64,
+    width: f64,
+    top: f64,
 }
 
 fn register_font() {

@@ -384,6 +384,7 @@ fn clock(seconds: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ops::Range;
     use std::sync::Arc;
 
     /// Lines started at `t0` that print into the returned buffer.
@@ -401,90 +402,99 @@ mod tests {
         (Lines::new(unit, total, "MMLU", interval, sink, t0), printed)
     }
 
+    /// What lines started at some `t0` print while `act(lines, t0)` runs.
+    fn printed_by(
+        unit: Unit,
+        total: u64,
+        interval: Duration,
+        act: impl FnOnce(&mut Lines, Instant),
+    ) -> Vec<String> {
+        let t0 = Instant::now();
+        let (mut l, printed) = lines(unit, total, interval, t0);
+        act(&mut l, t0);
+        let printed = printed.lock().unwrap().clone();
+        printed
+    }
+
+    /// The line of a count of `total` that went from `counted.start` to `counted.end` in
+    /// `seconds`.
+    fn line_after(unit: Unit, total: u64, counted: Range<u64>, seconds: f64) -> String {
+        let t0 = Instant::now();
+        let (l, _) = lines(unit, total, secs(30.0), t0);
+        let l = Lines {
+            position: counted.end,
+            start_position: counted.start,
+            ..l
+        };
+        l.line(t0 + secs(seconds))
+    }
+
     fn secs(s: f64) -> Duration {
         Duration::from_secs_f64(s)
     }
 
     #[test]
     fn a_line_shows_counts_percent_elapsed_eta_rate_and_message() {
-        let t0 = Instant::now();
-        let (mut l, printed) = lines(Unit::Count, 570, secs(30.0), t0);
-        l.set_message("loss 1.234 shift +0.52 95 tok/s".into());
-        l.advance_to(120, t0 + secs(63.0));
+        let printed = printed_by(Unit::Count, 570, secs(30.0), |l, t0| {
+            l.set_message("loss 1.234 shift +0.52 95 tok/s".into());
+            l.advance_to(120, t0 + secs(63.0));
+        });
         assert_eq!(
-            printed.lock().unwrap().as_slice(),
+            printed.as_slice(),
             ["[MMLU] 120/570 (21%) elapsed 1m03s eta 3m56s 1.9/s loss 1.234 shift +0.52 95 tok/s"]
         );
     }
 
     #[test]
     fn slow_items_show_seconds_each_and_hours_show_in_the_clock() {
-        let t0 = Instant::now();
-        let (l, _) = lines(Unit::Count, 144, secs(30.0), t0);
-        let l = Lines { position: 4, ..l };
         assert_eq!(
-            l.line(t0 + secs(7230.0)),
+            line_after(Unit::Count, 144, 0..4, 7230.0),
             "[MMLU] 4/144 (2%) elapsed 2h00m30s eta 70h17m30s 1807.5s/it"
         );
     }
 
     #[test]
     fn before_any_progress_there_is_no_eta_or_rate() {
-        let t0 = Instant::now();
-        let (l, _) = lines(Unit::Count, 10, secs(30.0), t0);
-        assert_eq!(l.line(t0 + secs(5.0)), "[MMLU] 0/10 (0%) elapsed 5s");
+        assert_eq!(
+            line_after(Unit::Count, 10, 0..0, 5.0),
+            "[MMLU] 0/10 (0%) elapsed 5s"
+        );
     }
 
     #[test]
     fn a_resumed_count_rates_only_its_own_work() {
-        let t0 = Instant::now();
-        let (l, _) = lines(Unit::Count, 200, secs(30.0), t0);
-        let l = Lines {
-            position: 110,
-            start_position: 100,
-            ..l
-        };
         assert_eq!(
-            l.line(t0 + secs(5.0)),
+            line_after(Unit::Count, 200, 100..110, 5.0),
             "[MMLU] 110/200 (55%) elapsed 5s eta 45s 2.0/s"
         );
     }
 
     #[test]
     fn bytes_show_in_binary_units() {
-        let t0 = Instant::now();
-        let (l, _) = lines(Unit::Bytes, 88 << 20, secs(30.0), t0);
-        let l = Lines {
-            position: 40 << 20,
-            ..l
-        };
         assert_eq!(
-            l.line(t0 + secs(4.0)),
+            line_after(Unit::Bytes, 88 << 20, 0..40 << 20, 4.0),
             "[MMLU] 40.00 MiB/88.00 MiB (45%) elapsed 4s eta 5s 10.00 MiB/s"
         );
     }
 
     #[test]
     fn a_task_prints_its_start_and_its_end() {
-        let t0 = Instant::now();
-        let (mut l, printed) = lines(Unit::Task, 1, secs(30.0), t0);
-        l.finish(t0 + secs(14.2));
+        let printed = printed_by(Unit::Task, 1, secs(30.0), |l, t0| l.finish(t0 + secs(14.2)));
         assert_eq!(
-            printed.lock().unwrap().as_slice(),
+            printed.as_slice(),
             ["[MMLU] started", "[MMLU] done, elapsed 14s"]
         );
     }
 
     #[test]
     fn lines_come_at_the_first_update_every_interval_and_at_the_end() {
-        let t0 = Instant::now();
-        let (mut l, printed) = lines(Unit::Count, 10, secs(30.0), t0);
-        for (position, at) in [(1, 1.0), (2, 20.0), (3, 30.9), (4, 31.0), (5, 50.0)] {
-            l.advance_to(position, t0 + secs(at));
-        }
-        l.set_message("later".into());
-        l.finish(t0 + secs(55.0));
-        let printed = printed.lock().unwrap();
+        let printed = printed_by(Unit::Count, 10, secs(30.0), |l, t0| {
+            for (position, at) in [(1, 1.0), (2, 20.0), (3, 30.9), (4, 31.0), (5, 50.0)] {
+                l.advance_to(position, t0 + secs(at));
+            }
+            l.set_message("later".into());
+            l.finish(t0 + secs(55.0));
+        });
         let counts: Vec<&str> = printed
             .iter()
             .map(|line| line.split(' ').nth(1).unwrap())
@@ -495,23 +505,18 @@ mod tests {
 
     #[test]
     fn finishing_repeats_nothing_already_printed() {
-        let t0 = Instant::now();
-        let (mut l, printed) = lines(Unit::Count, 2, Duration::ZERO, t0);
-        l.advance_to(1, t0);
-        l.advance_to(2, t0 + secs(1.0));
-        l.finish(t0 + secs(1.0));
-        assert_eq!(printed.lock().unwrap().len(), 2);
+        let printed = printed_by(Unit::Count, 2, Duration::ZERO, |l, t0| {
+            l.advance_to(1, t0);
+            l.advance_to(2, t0 + secs(1.0));
+            l.finish(t0 + secs(1.0));
+        });
+        assert_eq!(printed.len(), 2);
     }
 
     #[test]
     fn an_idle_count_still_prints_its_end() {
-        let t0 = Instant::now();
-        let (mut l, printed) = lines(Unit::Count, 0, secs(30.0), t0);
-        l.finish(t0);
-        assert_eq!(
-            printed.lock().unwrap().as_slice(),
-            ["[MMLU] 0/0 (100%) elapsed 0s"]
-        );
+        let printed = printed_by(Unit::Count, 0, secs(30.0), |l, t0| l.finish(t0));
+        assert_eq!(printed.as_slice(), ["[MMLU] 0/0 (100%) elapsed 0s"]);
     }
 
     #[test]

@@ -71,25 +71,30 @@ pub fn plots(runs: &[RunEvals], out: &Path) -> Result<Vec<PathBuf>> {
         .map(|e| e.trait_name.clone())
         .next()
         .unwrap_or_default();
-    let score_tag = format!("eval/{trait_name}_score");
-    let shift_tag = format!("eval/projection_shift/{trait_name}");
-    let series = |tag: &str| -> Vec<Series> {
-        runs.iter()
-            .enumerate()
-            .map(|(i, r)| Series {
-                label: r.name.clone(),
-                points: r
-                    .evals
-                    .iter()
-                    .filter_map(|e| e.scalars.get(tag).map(|&v| (e.step as f64, v)))
-                    .collect(),
-                color: i,
-                dashed: false,
-                scatter: false,
-            })
-            .collect()
-    };
+    let mut charts = step_charts(runs, &trait_name);
+    charts.extend(score_vs_shift(runs, &trait_name).map(|c| ("trait_vs_shift.png", c)));
     let mut written = Vec::new();
+    for (file, chart) in charts {
+        let path = out.join(file);
+        chart.save_png(&path)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+fn score_tag(trait_name: &str) -> String {
+    format!("eval/{trait_name}_score")
+}
+
+fn shift_tag(trait_name: &str) -> String {
+    format!("eval/projection_shift/{trait_name}")
+}
+
+/// MMLU, trait score and projection shift against step, with their file names; a chart no run
+/// has a point for is left out.
+fn step_charts(runs: &[RunEvals], trait_name: &str) -> Vec<(&'static str, LineChart)> {
+    let (score_tag, shift_tag) = (score_tag(trait_name), shift_tag(trait_name));
+    let mut charts = Vec::new();
     for (tag, file, title, y_label) in [
         (
             "eval/mmlu_acc",
@@ -110,54 +115,68 @@ pub fn plots(runs: &[RunEvals], out: &Path) -> Result<Vec<PathBuf>> {
             "shift along v̂",
         ),
     ] {
-        let s = series(tag);
-        if s.iter().all(|s| s.points.is_empty()) {
+        let series = run_series(runs, false, |r| {
+            r.evals
+                .iter()
+                .filter_map(|e| e.scalars.get(tag).map(|&v| (e.step as f64, v)))
+                .collect()
+        });
+        if series.iter().all(|s| s.points.is_empty()) {
             continue;
         }
-        let path = out.join(file);
-        LineChart {
+        let chart = LineChart {
             title,
             x_label: "step".into(),
             y_label: y_label.into(),
             y_range: None,
-            series: s,
-        }
-        .save_png(&path)?;
-        written.push(path);
+            series,
+        };
+        charts.push((file, chart));
     }
-    let pairs: Vec<Vec<(f64, f64)>> = runs
+    charts
+}
+
+/// Trait score against projection shift, one scatter per run, titled with Pearson's r over all
+/// points; `None` when no evaluation has both.
+fn score_vs_shift(runs: &[RunEvals], trait_name: &str) -> Option<LineChart> {
+    let (score_tag, shift_tag) = (score_tag(trait_name), shift_tag(trait_name));
+    let series = run_series(runs, true, |r| {
+        r.evals
+            .iter()
+            .filter_map(|e| Some((*e.scalars.get(&shift_tag)?, *e.scalars.get(&score_tag)?)))
+            .collect()
+    });
+    let all: Vec<(f64, f64)> = series
         .iter()
-        .map(|r| {
-            r.evals
-                .iter()
-                .filter_map(|e| Some((*e.scalars.get(&shift_tag)?, *e.scalars.get(&score_tag)?)))
-                .collect()
-        })
+        .flat_map(|s| s.points.iter().copied())
         .collect();
-    let all: Vec<(f64, f64)> = pairs.iter().flatten().copied().collect();
-    if !all.is_empty() {
-        let r = pearson(&all).map_or_else(|| "n/a".to_string(), |r| format!("{r:.3}"));
-        let path = out.join("trait_vs_shift.png");
-        LineChart {
-            title: format!("{trait_name} score vs projection shift (Pearson r = {r})"),
-            x_label: "projection shift".into(),
-            y_label: "trait score".into(),
-            y_range: None,
-            series: runs
-                .iter()
-                .zip(pairs)
-                .enumerate()
-                .map(|(i, (run, points))| Series {
-                    label: run.name.clone(),
-                    points,
-                    color: i,
-                    dashed: false,
-                    scatter: true,
-                })
-                .collect(),
-        }
-        .save_png(&path)?;
-        written.push(path);
+    if all.is_empty() {
+        return None;
     }
-    Ok(written)
+    let r = pearson(&all).map_or_else(|| "n/a".to_string(), |r| format!("{r:.3}"));
+    Some(LineChart {
+        title: format!("{trait_name} score vs projection shift (Pearson r = {r})"),
+        x_label: "projection shift".into(),
+        y_label: "trait score".into(),
+        y_range: None,
+        series,
+    })
+}
+
+/// One series per run, in run order (so each run keeps its colour across charts).
+fn run_series(
+    runs: &[RunEvals],
+    scatter: bool,
+    points: impl Fn(&RunEvals) -> Vec<(f64, f64)>,
+) -> Vec<Series> {
+    runs.iter()
+        .enumerate()
+        .map(|(i, r)| Series {
+            label: r.name.clone(),
+            points: points(r),
+            color: i,
+            dashed: false,
+            scatter,
+        })
+        .collect()
 }

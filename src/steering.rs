@@ -71,24 +71,21 @@ impl Steering {
             "the steering coefficient must be a finite number, got {coef}"
         );
         let scaled = |row: &[f32]| row.iter().map(|x| coef * x).collect::<Vec<f32>>();
-        let block_adds = match layers {
-            SteerLayers::Single(l) => {
-                check_layer(l, num_layers)?;
-                (0..num_layers)
-                    .map(|b| (b + 1 == l).then(|| scaled(&vector[l])))
-                    .collect()
-            }
-            SteerLayers::All => (1..=num_layers)
-                .map(|l| {
+        // What block `l - 1` adds: all of row `l`, or, at every layer, its step from row `l - 1`.
+        let add = |l: usize| {
+            Ok(match layers {
+                SteerLayers::Single(_) => scaled(&vector[l]),
+                SteerLayers::All => {
                     let diff: Vec<f32> = vector[l]
                         .iter()
                         .zip(&vector[l - 1])
                         .map(|(a, b)| a - b)
                         .collect();
-                    Some(scaled(&diff))
-                })
-                .collect(),
+                    scaled(&diff)
+                }
+            })
         };
+        let block_adds = per_block(layers, num_layers, add)?;
         Ok(Self {
             block_adds,
             block_ablate: vec![None; num_layers],
@@ -106,29 +103,13 @@ impl Steering {
         num_layers: usize,
         hidden: usize,
     ) -> Result<Self> {
-        check_shape(vector, num_layers, hidden)?;
-        let unit = |l: usize| -> Result<Vec<f32>> {
+        let direction = |l: usize| {
             unit(&vector[l]).with_context(|| {
                 format!("persona vector row {l} is zero, so there is no direction to ablate")
             })
         };
-        let block_ablate = match layers {
-            SteerLayers::Single(l) => {
-                check_layer(l, num_layers)?;
-                (0..num_layers)
-                    .map(|b| {
-                        if b + 1 == l {
-                            unit(l).map(Some)
-                        } else {
-                            Ok(None)
-                        }
-                    })
-                    .collect::<Result<_>>()?
-            }
-            SteerLayers::All => (1..=num_layers)
-                .map(|l| unit(l).map(Some))
-                .collect::<Result<_>>()?,
-        };
+        check_shape(vector, num_layers, hidden)?;
+        let block_ablate = per_block(layers, num_layers, direction)?;
         Ok(Self {
             block_adds: vec![None; num_layers],
             block_ablate,
@@ -200,6 +181,30 @@ impl Steering {
             block_ablate: vec![None; blocks],
             positions: Some(mask),
         }))
+    }
+}
+
+/// One entry per block: `row(l)` at the output of block `l - 1` for each hidden-state row `l`
+/// that `layers` names, `None` elsewhere.
+fn per_block(
+    layers: SteerLayers,
+    num_layers: usize,
+    mut row: impl FnMut(usize) -> Result<Vec<f32>>,
+) -> Result<Vec<Option<Vec<f32>>>> {
+    match layers {
+        SteerLayers::Single(l) => {
+            check_layer(l, num_layers)?;
+            (0..num_layers)
+                .map(|b| {
+                    if b + 1 == l {
+                        row(l).map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                })
+                .collect()
+        }
+        SteerLayers::All => (1..=num_layers).map(|l| row(l).map(Some)).collect(),
     }
 }
 

@@ -250,10 +250,16 @@ fn functions_are_short_and_take_few_parameters() {
         for f in functions(&text) {
             let at = format!("{}:{} fn {}", path.display(), f.line, f.name);
             if f.lines > MAX_FUNCTION_LINES {
-                problems.push(format!("{at}: {} lines (at most {MAX_FUNCTION_LINES})", f.lines));
+                problems.push(format!(
+                    "{at}: {} lines (at most {MAX_FUNCTION_LINES})",
+                    f.lines
+                ));
             }
             if f.params > MAX_PARAMETERS {
-                problems.push(format!("{at}: {} parameters (at most {MAX_PARAMETERS})", f.params));
+                problems.push(format!(
+                    "{at}: {} parameters (at most {MAX_PARAMETERS})",
+                    f.params
+                ));
             }
         }
         if text.contains("too_many_arguments") {
@@ -388,5 +394,7 @@ fn the_checks_see_what_they_check() {
     assert!(find_cycle(&graph).is_some());
     assert_eq!(crate_paths("use crate::{a::b, c};"), ["a::b", "c"]);
     // The real graph is not empty: the cycle check has something to look at.
-    assert!(module_graph(1).get("train").is_some_and(|t| t.contains("model")));
+    assert!(module_graph(1)
+        .get("train")
+        .is_some_and(|t| t.contains("model")));
 }

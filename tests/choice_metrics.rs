@@ -8,28 +8,18 @@
 
 mod common;
 
-use burn::tensor::{DType, Device};
 use common::fixture;
+use common::smollm2;
 use persona_train::eval::choice::{self, ChoiceConfig, ChoiceKind, ChoiceSet, ItemScore};
 use persona_train::lm::Lm;
-use persona_train::loader::{load, LoadedModel};
 use persona_train::tokenizer::ChatMessage;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 /// Per-item scores and aggregates: probabilities, compared as absolute differences.
 const SCORE_TOL: f64 = 1e-3;
 /// Log-probabilities and total log-likelihoods (sums over up to ~20 tokens).
 const LOGPROB_TOL: f64 = 5e-3;
-
-fn smollm2() -> &'static LoadedModel {
-    static MODEL: OnceLock<LoadedModel> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let files = persona_train::source::resolve_default().expect("fetching the default model");
-        load(&files, &Device::flex(), DType::F32).expect("loading the default model")
-    })
-}
 
 fn shared_data() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");

@@ -4,13 +4,12 @@
 
 mod common;
 
-use burn::tensor::{DType, Device};
 use common::fixture;
+use common::smollm2;
 use persona_train::eval::mmlu::{
     self, evaluate, load, prompt, select, MmluConfig, MmluReport, Question, Source, DEFAULT_SOURCE,
 };
 use persona_train::lm::Lm;
-use persona_train::loader::{load as load_model, LoadedModel};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -18,14 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 const BATCH: usize = 8;
-
-fn smollm2() -> &'static LoadedModel {
-    static MODEL: OnceLock<LoadedModel> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let files = persona_train::source::resolve_default().expect("fetching the default model");
-        load_model(&files, &Device::flex(), DType::F32).expect("loading the default model")
-    })
-}
 
 fn golden() -> &'static Value {
     static GOLDEN: OnceLock<Value> = OnceLock::new();

@@ -39,6 +39,7 @@
 //! per question). On 2 busy CPU cores with SmolLM2-135M that was ~1.1 s per CAA A/B item, ~0.25 s
 //! per yes/no item and ~11 s per TruthfulQA question: use `limit` to keep TruthfulQA small.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -114,6 +115,61 @@ pub struct YesNoItem {
     pub statement: String,
     /// The answer that shows the trait.
     pub matching: YesNo,
+}
+
+/// One of the two answers of an A/B or yes/no item.
+trait Answer: Copy + PartialEq + fmt::Debug {
+    /// The first and the second answer as read at the next token; each must be one token.
+    const TOKENS: [&'static str; 2];
+    /// The kind of set, in errors.
+    const SET: &'static str;
+    /// What an answer field may hold, in errors.
+    const EXPECTED: &'static str;
+    /// The answer an answer field spells, if it spells one.
+    fn parse(field: &str) -> Option<Self>;
+    fn is_first(self) -> bool;
+}
+
+impl Answer for AbLetter {
+    const TOKENS: [&'static str; 2] = ["A", "B"];
+    const SET: &'static str = "A/B";
+    const EXPECTED: &'static str = "A/B sets need the letter A or B, as \"(A)\" or \"(B)\"";
+
+    fn parse(field: &str) -> Option<Self> {
+        let s = field.trim();
+        let s = s
+            .strip_prefix('(')
+            .and_then(|s| s.strip_suffix(')'))
+            .unwrap_or(s)
+            .trim();
+        match s {
+            "A" => Some(AbLetter::A),
+            "B" => Some(AbLetter::B),
+            _ => None,
+        }
+    }
+
+    fn is_first(self) -> bool {
+        self == AbLetter::A
+    }
+}
+
+impl Answer for YesNo {
+    const TOKENS: [&'static str; 2] = ["Yes", "No"];
+    const SET: &'static str = "yes/no";
+    const EXPECTED: &'static str = "yes/no sets need \" Yes\" or \" No\"";
+
+    fn parse(field: &str) -> Option<Self> {
+        match field.trim() {
+            "Yes" => Some(YesNo::Yes),
+            "No" => Some(YesNo::No),
+            _ => None,
+        }
+    }
+
+    fn is_first(self) -> bool {
+        self == YesNo::Yes
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -359,35 +415,39 @@ pub fn evaluate(
         "choice metric {name}: limit must be at least 1"
     );
     let limit = cfg.limit.unwrap_or(usize::MAX);
+    let head = |len: usize| ..limit.min(len);
     let context = || format!("choice metric {name} ({})", cfg.path.display());
     let items = match set {
-        ChoiceSet::AB(items) => score_ab(
-            lm,
-            tokenizer,
-            &items[..limit.min(items.len())],
-            cfg.batch_size,
-        ),
-        ChoiceSet::YesNo(items) => score_yes_no(
-            lm,
-            tokenizer,
-            &items[..limit.min(items.len())],
-            cfg.batch_size,
-        ),
-        ChoiceSet::TruthfulQa(items) => score_truthfulqa(
-            lm,
-            tokenizer,
-            &items[..limit.min(items.len())],
-            cfg.batch_size,
-        ),
+        ChoiceSet::AB(items) => {
+            score_two_way(lm, tokenizer, &items[head(items.len())], cfg.batch_size)
+        }
+        ChoiceSet::YesNo(items) => {
+            score_two_way(lm, tokenizer, &items[head(items.len())], cfg.batch_size)
+        }
+        ChoiceSet::TruthfulQa(items) => {
+            score_truthfulqa(lm, tokenizer, &items[head(items.len())], cfg.batch_size)
+        }
     }
     .with_context(context)?;
     ensure!(!items.is_empty(), "{}: no items", context());
+    Ok(ChoiceReport {
+        metrics: metrics(set.kind(), &name, &items),
+        name,
+        path: cfg.path.clone(),
+        kind: set.kind(),
+        items,
+    })
+}
+
+/// `{name}` for A/B and yes/no sets, `{name}/mc1` and `{name}/mc2` for TruthfulQA: the means
+/// over `items`.
+fn metrics(kind: ChoiceKind, name: &str, items: &[ItemScore]) -> BTreeMap<String, f64> {
     let n = items.len() as f64;
     let mean = |f: &dyn Fn(&ItemScore) -> f64| items.iter().map(f).sum::<f64>() / n;
     let mut metrics = BTreeMap::new();
-    match set.kind() {
+    match kind {
         ChoiceKind::Ab | ChoiceKind::YesNo => {
-            metrics.insert(name.clone(), mean(&ItemScore::score));
+            metrics.insert(name.to_string(), mean(&ItemScore::score));
         }
         ChoiceKind::TruthfulQa => {
             let mc1 = |s: &ItemScore| match s {
@@ -398,13 +458,7 @@ pub fn evaluate(
             metrics.insert(format!("{name}/mc2"), mean(&ItemScore::score));
         }
     }
-    Ok(ChoiceReport {
-        name,
-        path: cfg.path.clone(),
-        kind: set.kind(),
-        metrics,
-        items,
-    })
+    metrics
 }
 
 /// [`load`] then [`evaluate`].
@@ -462,67 +516,104 @@ fn user_prompt(tokenizer: &Tokenizer, content: &str) -> Result<Vec<u32>> {
         .ids)
 }
 
-fn score_ab(
+/// An A/B or yes/no item: answered by one of two single tokens right after its prompt.
+trait TwoWayItem {
+    type Answer: Answer;
+    /// Text that starts the assistant's reply before the answer is read.
+    const REPLY_PREFIX: Option<&'static str>;
+    /// The user turn's content.
+    fn user_turn(&self) -> Cow<'_, str>;
+    /// The answer that shows the trait.
+    fn matching(&self) -> Self::Answer;
+    /// The item's numbers: `score` is P(matching) normalised over the two answers, `logprobs`
+    /// those of [`Answer::TOKENS`].
+    fn item_score(&self, index: usize, score: f64, logprobs: [f64; 2]) -> ItemScore;
+}
+
+impl TwoWayItem for AbItem {
+    type Answer = AbLetter;
+    const REPLY_PREFIX: Option<&'static str> = Some(AB_ANSWER_PREFIX);
+
+    fn user_turn(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.question)
+    }
+
+    fn matching(&self) -> AbLetter {
+        self.matching
+    }
+
+    fn item_score(&self, index: usize, score: f64, [la, lb]: [f64; 2]) -> ItemScore {
+        ItemScore::Ab {
+            index,
+            matching: self.matching,
+            score,
+            logprob_a: la,
+            logprob_b: lb,
+        }
+    }
+}
+
+impl TwoWayItem for YesNoItem {
+    type Answer = YesNo;
+    const REPLY_PREFIX: Option<&'static str> = None;
+
+    fn user_turn(&self) -> Cow<'_, str> {
+        Cow::Owned(yes_no_prompt(&self.statement))
+    }
+
+    fn matching(&self) -> YesNo {
+        self.matching
+    }
+
+    fn item_score(&self, index: usize, score: f64, [ly, ln]: [f64; 2]) -> ItemScore {
+        ItemScore::YesNo {
+            index,
+            matching: self.matching,
+            score,
+            logprob_yes: ly,
+            logprob_no: ln,
+        }
+    }
+}
+
+/// Reads the two answers' next-token log-probabilities after each item's prompt (the chat
+/// template's user turn, the generation prompt, then the reply prefix, if any).
+fn score_two_way<T: TwoWayItem>(
     lm: Lm,
     tokenizer: &Tokenizer,
-    items: &[AbItem],
+    items: &[T],
     batch_size: usize,
 ) -> Result<Vec<ItemScore>> {
-    let a = single_token(tokenizer, "A", "A/B")?;
-    let b = single_token(tokenizer, "B", "A/B")?;
-    let prefix = tokenizer.encode(AB_ANSWER_PREFIX, false)?;
+    let [first, second] = <T::Answer as Answer>::TOKENS;
+    let set = <T::Answer as Answer>::SET;
+    let ids = [
+        single_token(tokenizer, first, set)?,
+        single_token(tokenizer, second, set)?,
+    ];
+    let prefix = match T::REPLY_PREFIX {
+        Some(prefix) => tokenizer.encode(prefix, false)?,
+        None => Vec::new(),
+    };
     let prompts = items
         .iter()
         .map(|it| {
-            let mut ids = user_prompt(tokenizer, &it.question)?;
+            let mut ids = user_prompt(tokenizer, &it.user_turn())?;
             ids.extend_from_slice(&prefix);
             Ok(ids)
         })
         .collect::<Result<Vec<_>>>()?;
-    let picked = next_token_pick(lm, &prompts, [a, b], batch_size)?;
+    let picked = next_token_pick(lm, &prompts, ids, batch_size)?;
     Ok(items
         .iter()
         .zip(picked)
         .enumerate()
-        .map(|(index, (it, [la, lb]))| ItemScore::Ab {
-            index,
-            matching: it.matching,
-            score: match it.matching {
-                AbLetter::A => normalised(la, lb),
-                AbLetter::B => normalised(lb, la),
-            },
-            logprob_a: la,
-            logprob_b: lb,
-        })
-        .collect())
-}
-
-fn score_yes_no(
-    lm: Lm,
-    tokenizer: &Tokenizer,
-    items: &[YesNoItem],
-    batch_size: usize,
-) -> Result<Vec<ItemScore>> {
-    let yes = single_token(tokenizer, "Yes", "yes/no")?;
-    let no = single_token(tokenizer, "No", "yes/no")?;
-    let prompts = items
-        .iter()
-        .map(|it| user_prompt(tokenizer, &yes_no_prompt(&it.statement)))
-        .collect::<Result<Vec<_>>>()?;
-    let picked = next_token_pick(lm, &prompts, [yes, no], batch_size)?;
-    Ok(items
-        .iter()
-        .zip(picked)
-        .enumerate()
-        .map(|(index, (it, [ly, ln]))| ItemScore::YesNo {
-            index,
-            matching: it.matching,
-            score: match it.matching {
-                YesNo::Yes => normalised(ly, ln),
-                YesNo::No => normalised(ln, ly),
-            },
-            logprob_yes: ly,
-            logprob_no: ln,
+        .map(|(index, (it, [l1, l2]))| {
+            let score = if it.matching().is_first() {
+                normalised(l1, l2)
+            } else {
+                normalised(l2, l1)
+            };
+            it.item_score(index, score, [l1, l2])
         })
         .collect())
 }
@@ -567,31 +658,35 @@ fn score_truthfulqa(
                     .map(|c| logliks[slots[c.answer.as_str()]])
                     .collect()
             };
-            let (mc1_ll, mc2_ll) = (lls(&it.mc1), lls(&it.mc2));
-            let labelled = |choices: &[McChoice], lls: &[f64], correct: bool| -> Vec<f64> {
-                choices
-                    .iter()
-                    .zip(lls)
-                    .filter(|(c, _)| c.correct == correct)
-                    .map(|(_, &l)| l)
-                    .collect()
-            };
-            let true1 = labelled(&it.mc1, &mc1_ll, true)[0];
-            let best_false1 = labelled(&it.mc1, &mc1_ll, false)
-                .into_iter()
-                .fold(f64::NEG_INFINITY, f64::max);
-            let top = mc2_ll.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let mass = |lls: &[f64]| lls.iter().map(|l| (l - top).exp()).sum::<f64>();
-            let mc2 = mass(&labelled(&it.mc2, &mc2_ll, true)) / mass(&mc2_ll);
-            ItemScore::TruthfulQa {
-                index,
-                mc1: if true1 > best_false1 { 1.0 } else { 0.0 },
-                mc2,
-                mc1_logliks: mc1_ll,
-                mc2_logliks: mc2_ll,
-            }
+            mc_score(index, it, lls(&it.mc1), lls(&it.mc2))
         })
         .collect())
+}
+
+/// MC1 and MC2 of one question from the log-likelihoods of its mc1 and mc2 answers.
+fn mc_score(index: usize, it: &McItem, mc1_ll: Vec<f64>, mc2_ll: Vec<f64>) -> ItemScore {
+    let labelled = |choices: &[McChoice], lls: &[f64], correct: bool| -> Vec<f64> {
+        choices
+            .iter()
+            .zip(lls)
+            .filter(|(c, _)| c.correct == correct)
+            .map(|(_, &l)| l)
+            .collect()
+    };
+    let true1 = labelled(&it.mc1, &mc1_ll, true)[0];
+    let best_false1 = labelled(&it.mc1, &mc1_ll, false)
+        .into_iter()
+        .fold(f64::NEG_INFINITY, f64::max);
+    let top = mc2_ll.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mass = |lls: &[f64]| lls.iter().map(|l| (l - top).exp()).sum::<f64>();
+    let mc2 = mass(&labelled(&it.mc2, &mc2_ll, true)) / mass(&mc2_ll);
+    ItemScore::TruthfulQa {
+        index,
+        mc1: if true1 > best_false1 { 1.0 } else { 0.0 },
+        mc2,
+        mc1_logliks: mc1_ll,
+        mc2_logliks: mc2_ll,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -698,56 +793,37 @@ fn str_field<'a>(obj: &'a Object, field: &str) -> std::result::Result<&'a str, S
     }
 }
 
-fn ab_letter(obj: &Object, field: &str) -> std::result::Result<AbLetter, String> {
+/// The answer `field` holds.
+fn answer<T: Answer>(obj: &Object, field: &str) -> std::result::Result<T, String> {
     let raw = str_field(obj, field)?;
-    let s = raw.trim();
-    let s = s
-        .strip_prefix('(')
-        .and_then(|s| s.strip_suffix(')'))
-        .unwrap_or(s)
-        .trim();
-    match s {
-        "A" => Ok(AbLetter::A),
-        "B" => Ok(AbLetter::B),
-        _ => Err(format!(
-            "field '{field}' is {raw:?}; A/B sets need the letter A or B, as \"(A)\" or \"(B)\""
-        )),
+    T::parse(raw).ok_or_else(|| format!("field '{field}' is {raw:?}; {}", T::EXPECTED))
+}
+
+/// The answer that shows the trait, which the one that does not (required or not) must differ
+/// from.
+fn matching_answer<T: Answer>(
+    obj: &Object,
+    other_required: bool,
+) -> std::result::Result<T, String> {
+    let matching = answer::<T>(obj, "answer_matching_behavior")?;
+    let other = "answer_not_matching_behavior";
+    if (other_required || obj.contains_key(other)) && answer::<T>(obj, other)? == matching {
+        return Err(format!(
+            "fields 'answer_matching_behavior' and 'answer_not_matching_behavior' are both {matching:?}"
+        ));
     }
+    Ok(matching)
 }
 
 fn parse_ab(obj: &Object) -> std::result::Result<AbItem, String> {
     let question = str_field(obj, "question")?.to_string();
-    let matching = ab_letter(obj, "answer_matching_behavior")?;
-    let other = ab_letter(obj, "answer_not_matching_behavior")?;
-    if other == matching {
-        return Err(format!(
-            "fields 'answer_matching_behavior' and 'answer_not_matching_behavior' are both {matching:?}"
-        ));
-    }
+    let matching = matching_answer(obj, true)?;
     Ok(AbItem { question, matching })
-}
-
-fn yes_no(obj: &Object, field: &str) -> std::result::Result<YesNo, String> {
-    let raw = str_field(obj, field)?;
-    match raw.trim() {
-        "Yes" => Ok(YesNo::Yes),
-        "No" => Ok(YesNo::No),
-        _ => Err(format!(
-            "field '{field}' is {raw:?}; yes/no sets need \" Yes\" or \" No\""
-        )),
-    }
 }
 
 fn parse_yes_no(obj: &Object) -> std::result::Result<YesNoItem, String> {
     let statement = str_field(obj, "statement")?.to_string();
-    let matching = yes_no(obj, "answer_matching_behavior")?;
-    if obj.contains_key("answer_not_matching_behavior")
-        && yes_no(obj, "answer_not_matching_behavior")? == matching
-    {
-        return Err(format!(
-            "fields 'answer_matching_behavior' and 'answer_not_matching_behavior' are both {matching:?}"
-        ));
-    }
+    let matching = matching_answer(obj, false)?;
     Ok(YesNoItem {
         statement,
         matching,

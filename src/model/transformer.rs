@@ -43,6 +43,15 @@ fn project(linear: &Linear, x: Tensor<3>, lora: BlockAdapters, target: Target) -
 }
 
 impl Mlp {
+    /// `vb` is scoped to the block's `mlp`.
+    fn load(vb: &Builder, c: &ModelConfig) -> Result<Self> {
+        Ok(Self {
+            gate_proj: vb.linear("gate_proj", c.hidden_size, c.intermediate_size, false)?,
+            up_proj: vb.linear("up_proj", c.hidden_size, c.intermediate_size, false)?,
+            down_proj: vb.linear("down_proj", c.intermediate_size, c.hidden_size, false)?,
+        })
+    }
+
     fn forward(&self, x: Tensor<3>, lora: BlockAdapters) -> Tensor<3> {
         let gate = project(&self.gate_proj, x.clone(), lora, Target::Gate);
         let up = project(&self.up_proj, x, lora, Target::Up);
@@ -64,31 +73,62 @@ pub struct Attention {
     head_dim: usize,
 }
 
+/// What every block of one pass shares, computed once in [`CausalLm::forward`].
+///
+/// # Shapes
+/// - cos, sin: `[batch, 1, seq, head_dim]`, in the activations' dtype
+/// - mask: `[batch, heads, seq, cached + seq]`, true = masked out
+struct PassTables {
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+    mask: Tensor<4, Bool>,
+}
+
+/// What a pass carries for one block: the block's index, which is its slot in the KV cache and
+/// in the adapters, and those two when the pass has them.
+struct BlockPass<'a> {
+    layer: usize,
+    cache: Option<&'a mut KvCache>,
+    adapters: Option<&'a Adapters>,
+}
+
+impl<'a> BlockPass<'a> {
+    fn lora(&self) -> BlockAdapters<'a> {
+        self.adapters.map(|a| (a, self.layer))
+    }
+}
+
 impl Attention {
+    /// `vb` is scoped to the block's `self_attn`.
+    fn load(vb: &Builder, c: &ModelConfig) -> Result<Self> {
+        let (h, kv, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let bias = c.attention_bias;
+        Ok(Self {
+            q_proj: vb.linear("q_proj", c.hidden_size, h * d, bias)?,
+            k_proj: vb.linear("k_proj", c.hidden_size, kv * d, bias)?,
+            v_proj: vb.linear("v_proj", c.hidden_size, kv * d, bias)?,
+            o_proj: vb.linear("o_proj", h * d, c.hidden_size, false)?,
+            num_heads: h,
+            num_kv_heads: kv,
+            head_dim: d,
+        })
+    }
+
     /// # Shapes
-    /// - x: `[batch, seq, hidden]`; mask: `[batch, heads, seq, cached + seq]`, true = masked out
-    #[allow(clippy::too_many_arguments)]
-    fn forward(
-        &self,
-        x: Tensor<3>,
-        cos: &Tensor<4>,
-        sin: &Tensor<4>,
-        mask: &Tensor<4, Bool>,
-        layer: usize,
-        cache: Option<&mut KvCache>,
-        lora: BlockAdapters,
-    ) -> Tensor<3> {
+    /// - x: `[batch, seq, hidden]`
+    fn forward(&self, x: Tensor<3>, tables: &PassTables, block: &mut BlockPass) -> Tensor<3> {
+        let lora = block.lora();
         let [b, t, _] = x.dims();
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let split = |y: Tensor<3>, heads: usize| y.reshape([b, t, heads, d]).swap_dims(1, 2);
         let q = project(&self.q_proj, x.clone(), lora, Target::Q);
         let k = project(&self.k_proj, x.clone(), lora, Target::K);
         let v = project(&self.v_proj, x, lora, Target::V);
-        let q = rope::apply(split(q, h), cos, sin);
-        let k = rope::apply(split(k, kvh), cos, sin);
+        let q = rope::apply(split(q, h), &tables.cos, &tables.sin);
+        let k = rope::apply(split(k, kvh), &tables.cos, &tables.sin);
         let v = split(v, kvh);
-        let (k, v) = match cache {
-            Some(cache) => cache.append(layer, k, v),
+        let (k, v) = match block.cache.as_deref_mut() {
+            Some(cache) => cache.append(block.layer, k, v),
             None => (k, v),
         };
         let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
@@ -97,7 +137,7 @@ impl Attention {
             softcap: None,
             is_causal: false,
         };
-        let out = attention(q, k, v, Some(mask.clone()), None, options);
+        let out = attention(q, k, v, Some(tables.mask.clone()), None, options);
         let out = out.swap_dims(1, 2).reshape([b, t, h * d]);
         project(&self.o_proj, out, lora, Target::O)
     }
@@ -122,11 +162,48 @@ pub struct DecoderLayer {
     pub post_attention_layernorm: RmsNorm,
 }
 
+impl DecoderLayer {
+    /// `vb` is scoped to the block (`model.layers.{i}`).
+    fn load(vb: &Builder, c: &ModelConfig) -> Result<Self> {
+        Ok(Self {
+            self_attn: Attention::load(&vb.pp("self_attn"), c)?,
+            mlp: Mlp::load(&vb.pp("mlp"), c)?,
+            input_layernorm: vb.rms_norm("input_layernorm", c)?,
+            post_attention_layernorm: vb.rms_norm("post_attention_layernorm", c)?,
+        })
+    }
+
+    /// Attention then MLP, each pre-normed and added to the residual stream.
+    fn forward(&self, x: Tensor<3>, tables: &PassTables, mut block: BlockPass) -> Tensor<3> {
+        let normed = self.input_layernorm.forward(x.clone());
+        let x = x + self.self_attn.forward(normed, tables, &mut block);
+        let normed = self.post_attention_layernorm.forward(x.clone());
+        x + self.mlp.forward(normed, block.lora())
+    }
+}
+
 #[derive(Module, Debug)]
 pub struct Model {
     pub embed_tokens: Embedding,
     pub layers: Vec<DecoderLayer>,
     pub norm: RmsNorm,
+}
+
+impl Model {
+    /// `vb` is scoped to `model`.
+    fn load(vb: &Builder, c: &ModelConfig) -> Result<Self> {
+        let layers = (0..c.num_layers)
+            .map(|i| DecoderLayer::load(&vb.pp(&format!("layers.{i}")), c))
+            .collect::<Result<Vec<_>>>()?;
+        let embed = vb.tensor::<2>("embed_tokens.weight", [c.vocab_size, c.hidden_size])?;
+        Ok(Self {
+            embed_tokens: Embedding {
+                weight: Param::from_tensor(embed),
+            },
+            layers,
+            norm: vb.rms_norm("norm", c)?,
+        })
+    }
 }
 
 /// The causal language model: the transformer plus the output head (tied to the embeddings
@@ -163,85 +240,17 @@ impl CausalLm {
         dtype: DType,
     ) -> Result<Self> {
         config.validate()?;
-        let c = config;
-        let (h, kv, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let b = Builder {
+        let vb = Builder {
             params,
             device,
             dtype,
+            prefix: String::new(),
         };
-        let layers = (0..c.num_layers)
-            .map(|i| {
-                let p = format!("model.layers.{i}");
-                Ok(DecoderLayer {
-                    self_attn: Attention {
-                        q_proj: b.linear(
-                            &format!("{p}.self_attn.q_proj"),
-                            c.hidden_size,
-                            h * d,
-                            c.attention_bias,
-                        )?,
-                        k_proj: b.linear(
-                            &format!("{p}.self_attn.k_proj"),
-                            c.hidden_size,
-                            kv * d,
-                            c.attention_bias,
-                        )?,
-                        v_proj: b.linear(
-                            &format!("{p}.self_attn.v_proj"),
-                            c.hidden_size,
-                            kv * d,
-                            c.attention_bias,
-                        )?,
-                        o_proj: b.linear(
-                            &format!("{p}.self_attn.o_proj"),
-                            h * d,
-                            c.hidden_size,
-                            false,
-                        )?,
-                        num_heads: h,
-                        num_kv_heads: kv,
-                        head_dim: d,
-                    },
-                    mlp: Mlp {
-                        gate_proj: b.linear(
-                            &format!("{p}.mlp.gate_proj"),
-                            c.hidden_size,
-                            c.intermediate_size,
-                            false,
-                        )?,
-                        up_proj: b.linear(
-                            &format!("{p}.mlp.up_proj"),
-                            c.hidden_size,
-                            c.intermediate_size,
-                            false,
-                        )?,
-                        down_proj: b.linear(
-                            &format!("{p}.mlp.down_proj"),
-                            c.intermediate_size,
-                            c.hidden_size,
-                            false,
-                        )?,
-                    },
-                    input_layernorm: b.rms_norm(&format!("{p}.input_layernorm"), c)?,
-                    post_attention_layernorm: b
-                        .rms_norm(&format!("{p}.post_attention_layernorm"), c)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let model = Model {
-            embed_tokens: Embedding {
-                weight: Param::from_tensor(
-                    b.tensor::<2>("model.embed_tokens.weight", [c.vocab_size, c.hidden_size])?,
-                ),
-            },
-            layers,
-            norm: b.rms_norm("model.norm", c)?,
-        };
-        let lm_head = if c.tie_word_embeddings {
+        let model = Model::load(&vb.pp("model"), config)?;
+        let lm_head = if config.tie_word_embeddings {
             None
         } else {
-            Some(b.linear("lm_head", c.hidden_size, c.vocab_size, false)?)
+            Some(vb.linear("lm_head", config.hidden_size, config.vocab_size, false)?)
         };
         Ok(Self {
             model,
@@ -282,8 +291,11 @@ impl CausalLm {
         let past = cache.as_ref().map_or(0, |c| c.len());
         // Angles in f32 on the host, then in the activations' dtype, as transformers does.
         let (cos, sin) = self.rope.tables(&input.positions, &device);
-        let (cos, sin) = (cos.cast(self.dtype()), sin.cast(self.dtype()));
-        let mask = attention_mask(input, past, self.config.num_heads, &device);
+        let tables = PassTables {
+            cos: cos.cast(self.dtype()),
+            sin: sin.cast(self.dtype()),
+            mask: attention_mask(input, past, self.config.num_heads, &device),
+        };
 
         let mut x = self.model.embed_tokens.forward(input.input_ids.clone());
         let mut hidden_states = Vec::new();
@@ -291,21 +303,12 @@ impl CausalLm {
             if output_hidden_states {
                 hidden_states.push(x.clone());
             }
-            let attn = layer.self_attn.forward(
-                layer.input_layernorm.forward(x.clone()),
-                &cos,
-                &sin,
-                &mask,
-                i,
-                cache.as_deref_mut(),
-                adapters.map(|a| (a, i)),
-            );
-            x = x + attn;
-            let mlp = layer.mlp.forward(
-                layer.post_attention_layernorm.forward(x.clone()),
-                adapters.map(|a| (a, i)),
-            );
-            x = x + mlp;
+            let block = BlockPass {
+                layer: i,
+                cache: cache.as_deref_mut(),
+                adapters,
+            };
+            x = layer.forward(x, &tables, block);
             if let Some(iv) = intervention {
                 x = iv.apply(i, x);
             }
@@ -371,15 +374,38 @@ fn attention_mask(
         .expand([b, heads, t, total])
 }
 
+/// Reads parameters by their checkpoint names, scoped like candle's `VarBuilder`: a part of the
+/// model loads its own fields by their short names (`q_proj`) from a builder `pp`'d to its place
+/// (`model.layers.3.self_attn`), so no part spells out the full path.
 struct Builder<'a> {
     params: &'a dyn ParamSource,
     device: &'a Device,
     dtype: DType,
+    prefix: String,
 }
 
-impl Builder<'_> {
+impl<'a> Builder<'a> {
+    /// The builder of the part named `name` below this one.
+    fn pp(&self, name: &str) -> Builder<'a> {
+        Builder {
+            params: self.params,
+            device: self.device,
+            dtype: self.dtype,
+            prefix: self.path(name),
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
     fn data(&self, name: &str, shape: &[usize]) -> Result<TensorData> {
-        let data = self.params.get(name, shape)?;
+        let name = self.path(name);
+        let data = self.params.get(&name, shape)?;
         let found = data.shape().to_vec();
         anyhow::ensure!(
             found == shape,
@@ -420,7 +446,7 @@ impl Builder<'_> {
     fn rms_norm(&self, name: &str, c: &ModelConfig) -> Result<RmsNorm> {
         let gamma = self
             .tensor::<1>(&format!("{name}.weight"), [c.hidden_size])
-            .with_context(|| format!("loading norm {name}"))?;
+            .with_context(|| format!("loading norm {}", self.path(name)))?;
         Ok(RmsNorm {
             gamma: Param::from_tensor(gamma),
             epsilon: c.rms_norm_eps,

@@ -99,47 +99,34 @@ struct Specials {
     pad: Option<u32>,
 }
 
+type Special = Option<(String, u32)>;
+
+impl Specials {
+    /// From each special token's (content, id), where the file names one.
+    fn new(bos: Special, eos: Special, unk: Special, pad: Special) -> Self {
+        let id = |s: &Special| s.as_ref().map(|s| s.1);
+        let content = |s: Special| s.map(|s| s.0);
+        Self {
+            bos: id(&bos),
+            eos: id(&eos),
+            pad: id(&pad),
+            tokens: SpecialTokens {
+                bos: content(bos),
+                eos: content(eos),
+                unk: content(unk),
+                pad: content(pad),
+            },
+        }
+    }
+}
+
 impl Tokenizer {
     /// Builds the tokenizer a GGUF file describes: its vocabulary, merges, special tokens and chat
     /// template (`tokenizer.ggml.*`, `tokenizer.chat_template`).
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
         let path = g.path().display().to_string();
-        let model = g.get_str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            bail!(
-                "{path}: metadata key 'tokenizer.ggml.model' is '{model}'; only 'gpt2' (byte-level BPE) is supported"
-            );
-        }
-        let pre = g.get_str("tokenizer.ggml.pre")?;
-        let pre_tokenizer = PreTokenizer::from_gguf_name(pre).ok_or_else(|| {
-            anyhow!(
-                "{path}: metadata key 'tokenizer.ggml.pre' is '{pre}', which is not supported (supported: {})",
-                PreTokenizer::SUPPORTED
-            )
-        })?;
         let tokens = g.get_str_array("tokenizer.ggml.tokens")?;
-        let merges = g.get_str_array("tokenizer.ggml.merges")?;
-        let token_types =
-            optional(g, "tokenizer.ggml.token_type", GgufFile::get_i32_array)?.unwrap_or_default();
-
-        let mut inner = byte_level_bpe(&tokens, &merges, pre_tokenizer).with_context(|| {
-            format!("{path}: building the BPE tokenizer from tokenizer.ggml.tokens/merges")
-        })?;
-        let alphabet = byte_alphabet();
-        let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
-        // A control token outside the byte alphabet is a llama.cpp mislabel: adding it would give it a
-        // new id past the model's vocabulary, so transformers skips it, as we do.
-        let of_type = |wanted: i32, special: bool| -> Vec<AddedToken> {
-            tokens
-                .iter()
-                .zip(&token_types)
-                .filter(|&(t, &ty)| ty == wanted && in_alphabet(t))
-                .map(|(t, _)| AddedToken::from(*t, special).normalized(false))
-                .collect()
-        };
-        inner.add_special_tokens(&of_type(TOKEN_TYPE_CONTROL, true));
-        inner.add_tokens(&of_type(TOKEN_TYPE_USER_DEFINED, false));
-
+        let mut inner = byte_level_from_gguf(g, &tokens)?;
         let special_id = |key: &str| -> Result<Option<(String, u32)>> {
             let key = format!("tokenizer.ggml.{key}");
             let Some(id) = optional(g, &key, GgufFile::get_u32)? else {
@@ -150,28 +137,17 @@ impl Tokenizer {
             })?;
             Ok(Some((token.to_string(), id)))
         };
-        let bos = special_id("bos_token_id")?;
-        let eos = special_id("eos_token_id")?;
-        let unk = special_id("unknown_token_id")?;
-        let pad = special_id("padding_token_id")?;
+        let specials = Specials::new(
+            special_id("bos_token_id")?,
+            special_id("eos_token_id")?,
+            special_id("unknown_token_id")?,
+            special_id("padding_token_id")?,
+        );
         let flag = |key: &str| -> Result<bool> {
             let key = format!("tokenizer.ggml.{key}");
             Ok(optional(g, &key, GgufFile::get_bool)?.unwrap_or(false))
         };
-        let add_bos = flag("add_bos_token")?;
-        let add_eos = flag("add_eos_token")?;
-
-        let specials = Specials {
-            bos: bos.as_ref().map(|b| b.1),
-            eos: eos.as_ref().map(|e| e.1),
-            pad: pad.as_ref().map(|p| p.1),
-            tokens: SpecialTokens {
-                bos: bos.map(|b| b.0),
-                eos: eos.map(|e| e.0),
-                unk: unk.map(|u| u.0),
-                pad: pad.map(|p| p.0),
-            },
-        };
+        let (add_bos, add_eos) = (flag("add_bos_token")?, flag("add_eos_token")?);
         add_named_specials(&mut inner, &specials.tokens);
         inner.with_post_processor(Some(
             bos_eos_template(&specials, add_bos, add_eos)
@@ -494,6 +470,46 @@ fn optional<'a, T>(
     get: impl FnOnce(&'a GgufFile, &str) -> Result<T>,
 ) -> Result<Option<T>> {
     g.get(key).map(|_| get(g, key)).transpose()
+}
+
+/// The byte-level BPE vocabulary of a GGUF file (`tokenizer.ggml.model = "gpt2"`), with its control
+/// and user-defined tokens added.
+fn byte_level_from_gguf(g: &GgufFile, tokens: &[&str]) -> Result<tokenizers::Tokenizer> {
+    let path = g.path().display();
+    let model = g.get_str("tokenizer.ggml.model")?;
+    if model != "gpt2" {
+        bail!(
+            "{path}: metadata key 'tokenizer.ggml.model' is '{model}'; only 'gpt2' (byte-level BPE) is supported"
+        );
+    }
+    let pre = g.get_str("tokenizer.ggml.pre")?;
+    let pre_tokenizer = PreTokenizer::from_gguf_name(pre).ok_or_else(|| {
+        anyhow!(
+            "{path}: metadata key 'tokenizer.ggml.pre' is '{pre}', which is not supported (supported: {})",
+            PreTokenizer::SUPPORTED
+        )
+    })?;
+    let merges = g.get_str_array("tokenizer.ggml.merges")?;
+    let token_types =
+        optional(g, "tokenizer.ggml.token_type", GgufFile::get_i32_array)?.unwrap_or_default();
+    let mut inner = byte_level_bpe(tokens, &merges, pre_tokenizer).with_context(|| {
+        format!("{path}: building the BPE tokenizer from tokenizer.ggml.tokens/merges")
+    })?;
+    let alphabet = byte_alphabet();
+    let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
+    // A control token outside the byte alphabet is a llama.cpp mislabel: adding it would give it a
+    // new id past the model's vocabulary, so transformers skips it, as we do.
+    let of_type = |wanted: i32, special: bool| -> Vec<AddedToken> {
+        tokens
+            .iter()
+            .zip(&token_types)
+            .filter(|&(t, &ty)| ty == wanted && in_alphabet(t))
+            .map(|(t, _)| AddedToken::from(*t, special).normalized(false))
+            .collect()
+    };
+    inner.add_special_tokens(&of_type(TOKEN_TYPE_CONTROL, true));
+    inner.add_tokens(&of_type(TOKEN_TYPE_USER_DEFINED, false));
+    Ok(inner)
 }
 
 /// transformers' byte-level BPE (`GPT2Tokenizer`) over a GGUF vocabulary, with the file's split regex.
