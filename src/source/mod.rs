@@ -378,7 +378,9 @@ impl Scratch {
     fn new(parent: &Path, label: &str) -> Result<Self> {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = parent.join(format!(".{label}.partial-{}-{n}", std::process::id()));
+        let prefix = format!(".{label}.partial-");
+        remove_orphans(parent, &prefix);
+        let path = parent.join(format!("{prefix}{}-{n}", std::process::id()));
         // A dead process with our pid may have left one behind.
         let _ = fs::remove_dir_all(&path);
         fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
@@ -393,6 +395,43 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Removes the entries of `dir` named `{prefix}{pid}-...` whose process is gone: what a killed
+/// download or assembly left behind (a few hundred MB for a large model).
+fn remove_orphans(dir: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !process_exists(pid)) {
+            let path = entry.path();
+            let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+        }
+    }
+}
+
+/// Whether a process with this id runs (`kill(pid, 0)`); elsewhere than Unix, assumed so.
+fn process_exists(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return false;
+        };
+        // SAFETY: signal 0 only checks that the process exists and may be signalled.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        alive || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
     }
 }
 

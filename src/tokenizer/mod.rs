@@ -365,6 +365,20 @@ impl Tokenizer {
             .map_err(|e| anyhow!("{}: decoding failed: {e}", self.origin))
     }
 
+    /// The text `continuation` adds after `prompt` (special tokens skipped), as transformers'
+    /// text-generation pipeline cuts it: the decoded prompt off the decoded whole. Decoding the
+    /// continuation alone would lose what spans the boundary, such as the leading space a
+    /// SentencePiece decoder strips from the start of a text.
+    pub fn decode_continuation(&self, prompt: &[u32], continuation: &[u32]) -> Result<String> {
+        let whole: Vec<u32> = prompt.iter().chain(continuation).copied().collect();
+        let whole = self.decode(&whole, true)?;
+        let prompt = self.decode(prompt, true)?;
+        match whole.get(prompt.len()..) {
+            Some(rest) if whole.starts_with(&prompt) => Ok(rest.to_string()),
+            _ => self.decode(continuation, true),
+        }
+    }
+
     /// Number of ids the tokenizer can produce, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
@@ -430,6 +444,11 @@ impl Tokenizer {
     /// <|eot_id|>, <|endoftext|>, <|end_of_text|> ...).
     pub fn stop_ids(&self) -> &[u32] {
         &self.stop_ids
+    }
+
+    /// Whether chats can be rendered: false for base models, whose files carry no template.
+    pub fn has_chat_template(&self) -> bool {
+        self.chat_template.is_ok()
     }
 
     pub fn apply_chat_template(
@@ -744,7 +763,11 @@ fn compile_template(
     origin: impl FnOnce() -> String,
 ) -> std::result::Result<ChatTemplate, String> {
     let Some(source) = source else {
-        return Err(format!("no chat template: {} is absent", origin()));
+        return Err(format!(
+            "no chat template: {} is absent, so this model (a base model?) cannot format chats; \
+             it can only continue plain text",
+            origin()
+        ));
     };
     ChatTemplate::new(source, tokens.clone())
         .map_err(|e| format!("{}: invalid chat template: {e}", origin()))

@@ -317,3 +317,34 @@ pub fn write_wheel(path: &Path, entries: &[(&str, &[u8])]) {
     }
     zip.finish().unwrap();
 }
+
+/// The words of [`tiny_word_model`]'s vocabulary, ids 4 and up.
+pub const TINY_WORDS: [&str; 6] = ["hello", "how", "are", "you", "tell", "me"];
+
+/// Writes the tiny Llama into `dir` with a tokenizer that maps words to ids (`<unk>`, `<s>`,
+/// `</s>`, `answer:`, then [`TINY_WORDS`]) and, when given, a chat template (without one it
+/// is a base model).
+pub fn tiny_word_model(dir: &Path, chat_template: Option<&str>) {
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("tiny-llama").join(f), dir.join(f)).unwrap();
+    }
+    let mut vocab = serde_json::json!({"<unk>": 0, "<s>": 1, "</s>": 2, "answer:": 3});
+    for (i, w) in TINY_WORDS.iter().enumerate() {
+        vocab[*w] = (4 + i).into();
+    }
+    let tokenizer = serde_json::json!({
+        "version": "1.0",
+        "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
+    });
+    let mut config = serde_json::json!({"bos_token": "<s>", "eos_token": "</s>"});
+    if let Some(template) = chat_template {
+        config["chat_template"] = template.into();
+    }
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+}
