@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{run_cli, smollm2_vector};
+use common::{run_cli, smollm2_vector, tiny_word_model, TINY_WORDS};
 use persona_train::persona::vector::PersonaVector;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,6 +32,105 @@ fn generate_prints_the_greedy_reply() {
     let (ok, stdout, stderr) = run_cli(&args);
     assert!(ok, "{stderr}");
     assert_eq!(stdout.trim_end_matches('\n'), case.reply);
+}
+
+#[derive(serde::Deserialize)]
+struct RawCase {
+    prompt: String,
+    max_new_tokens: usize,
+    continuation: String,
+}
+
+/// `generate --raw`: the prompt as plain text (no chat template), only the continuation printed,
+/// as transformers' text-generation pipeline returns it (tests/fixtures/make_golden.py smollm2-raw).
+#[test]
+fn generate_raw_continues_plain_text() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2/raw.jsonl");
+    let text = std::fs::read_to_string(path).unwrap();
+    for line in text.lines() {
+        let case: RawCase = serde_json::from_str(line).unwrap();
+        let max = case.max_new_tokens.to_string();
+        let (ok, stdout, stderr) = run_cli(&[
+            "generate",
+            "--raw",
+            "--prompt",
+            &case.prompt,
+            "--max-new-tokens",
+            &max,
+        ]);
+        assert!(ok, "{stderr}");
+        assert_eq!(stdout.strip_suffix('\n'), Some(case.continuation.as_str()));
+    }
+    let (ok, _, stderr) = run_cli(&["generate", "--raw", "--system", "x", "--prompt", "y"]);
+    assert!(
+        !ok && stderr.contains("--system") && stderr.contains("--raw"),
+        "{stderr}"
+    );
+}
+
+/// A model without a chat template (a base model) continues text with --raw, and the commands
+/// that need a template say so before doing anything.
+#[test]
+fn a_base_model_needs_raw() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("model");
+    std::fs::create_dir(&model_dir).unwrap();
+    tiny_word_model(&model_dir, None);
+    let model = model_dir.to_str().unwrap();
+    let (ok, _, stderr) = run_cli(&["generate", "--model", model, "--prompt", "hello how"]);
+    assert!(
+        !ok && stderr.contains("has none") && stderr.contains("--raw"),
+        "{stderr}"
+    );
+    let args = [
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "hello how",
+        "--raw",
+    ];
+    let (ok, stdout, stderr) = run_cli(&[&args[..], &["--max-new-tokens", "3"]].concat());
+    // The words it picks are arbitrary (random weights; ids past the ten words decode to
+    // nothing), but only they are printed, not the prompt.
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.ends_with('\n')
+            && !stdout.contains("hello how")
+            && stdout
+                .split_whitespace()
+                .all(|w| TINY_WORDS.contains(&w) || w.starts_with('<') || w == "answer:"),
+        "{stdout:?}"
+    );
+    let (ok, _, stderr) = run_cli(&["serve", "--model", model, "--port", "0"]);
+    assert!(
+        !ok && stderr.contains("chat completions only") && stderr.contains("has none"),
+        "{stderr}"
+    );
+
+    // Any other command that formats chats: its first chat fails, naming why.
+    let vector = dir.path().join("v.safetensors");
+    PersonaVector {
+        vectors: BTreeMap::from([("response_avg".to_owned(), vec![vec![1.0; 64]; 4])]),
+        metadata: BTreeMap::new(),
+    }
+    .save(&vector)
+    .unwrap();
+    let prompts = dir.path().join("prompts.txt");
+    std::fs::write(&prompts, "hello how\n").unwrap();
+    let (ok, _, stderr) = run_cli(&[
+        "monitor",
+        "--model",
+        model,
+        "--vector",
+        vector.to_str().unwrap(),
+        "--prompts",
+        prompts.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && stderr.contains("no chat template") && stderr.contains("a base model?"),
+        "{stderr}"
+    );
 }
 
 #[test]

