@@ -94,7 +94,9 @@ fn dequantizers_match_gguf_py_bit_for_bit() {
     let bytes = golden();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     use GgmlType::*;
-    for ty in [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K] {
+    for ty in [
+        F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K,
+    ] {
         let raw = st.tensor(&format!("{ty}.raw")).unwrap();
         let (_, want) = golden_f32(&st, &format!("{ty}.out"));
         assert!(
