@@ -2,6 +2,7 @@
 //! as transformers' GGUF loader maps them.
 
 use crate::gguf::{GgufFile, Value};
+use crate::model::config::check_layer_count;
 use crate::model::{Architecture, LayerType, ModelConfig, ParamSource, RopeScaling};
 use anyhow::{bail, Context, Result};
 use burn::tensor::TensorData;
@@ -19,6 +20,8 @@ pub fn config(g: &GgufFile) -> Result<ModelConfig> {
     let num_heads = meta.u32("attention.head_count")?;
     let hidden_size = meta.u32("embedding_length")?;
     let num_layers = meta.u32("block_count")?;
+    check_layer_count(num_layers)
+        .with_context(|| format!("{}: {arch_name}.block_count", g.path().display()))?;
     let head_dim = match meta.opt_u32("attention.key_length")? {
         Some(d) => d,
         None => meta

@@ -221,6 +221,18 @@ pub struct ModelConfig {
     pub final_logit_softcapping: Option<f32>,
 }
 
+/// More layers than any model has: a count above it is a corrupt file, refused before anything
+/// is allocated per layer.
+pub const MAX_LAYERS: usize = 1 << 16;
+
+/// Refuses a layer count above [`MAX_LAYERS`].
+pub fn check_layer_count(layers: usize) -> Result<()> {
+    if layers > MAX_LAYERS {
+        bail!("{layers} layers is not a plausible model (more than {MAX_LAYERS})");
+    }
+    Ok(())
+}
+
 impl ModelConfig {
     /// What the family fixes about its blocks.
     pub fn style(&self) -> BlockStyle {

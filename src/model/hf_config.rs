@@ -1,7 +1,9 @@
 //! `config.json` of Hugging Face checkpoints: read into a [`ModelConfig`] with transformers'
 //! defaults for each family, and written back in the layout transformers 4 and 5 both read.
 
-use super::config::{Architecture, LayerType, Llama3RopeScaling, ModelConfig, RopeScaling};
+use super::config::{
+    check_layer_count, Architecture, LayerType, Llama3RopeScaling, ModelConfig, RopeScaling,
+};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Deserializer};
 use std::path::Path;
@@ -18,6 +20,7 @@ impl ModelConfig {
     pub fn from_hf_json(text: &str) -> Result<Self> {
         let raw: HfConfig = serde_json::from_str(text)?;
         let architecture = raw.architecture()?;
+        check_layer_count(raw.num_hidden_layers).context("field num_hidden_layers")?;
         let d = Defaults::of(architecture);
         let num_heads = raw.num_attention_heads;
         let head_dim = raw
@@ -853,6 +856,13 @@ mod tests {
             err.contains("hidden_activation") && err.contains("gelu_pytorch_tanh"),
             "{err}"
         );
+    }
+
+    /// A corrupt layer count is refused before a per-layer table is allocated.
+    #[test]
+    fn implausible_layer_counts_are_refused() {
+        let err = format!("{:#}", family("gemma3_text", 1 << 40, "").unwrap_err());
+        assert!(err.contains("num_hidden_layers") && err.contains("not a plausible"), "{err}");
     }
 
     /// Every fixture's config survives being written and read back.
