@@ -862,7 +862,10 @@ mod tests {
     #[test]
     fn implausible_layer_counts_are_refused() {
         let err = format!("{:#}", family("gemma3_text", 1 << 40, "").unwrap_err());
-        assert!(err.contains("num_hidden_layers") && err.contains("not a plausible"), "{err}");
+        assert!(
+            err.contains("num_hidden_layers") && err.contains("not a plausible"),
+            "{err}"
+        );
     }
 
     /// Every fixture's config survives being written and read back.
