@@ -94,7 +94,7 @@ pub fn generate_seeded(
 ) -> Result<Vec<Vec<u32>>> {
     let max_new_tokens = reply_room(lm, prompts, seeds, sampling)?;
     let device = lm.device();
-    let mut cache = KvCache::new(lm.config().num_layers);
+    let mut cache = KvCache::new(lm.config());
     let mut rows: Vec<Row> = seeds.iter().map(|&s| Row::new(s)).collect();
 
     // The prompt, steered at the positions the steering names.

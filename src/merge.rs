@@ -9,11 +9,13 @@
 
 use crate::loader::LoadedModel;
 use crate::model::lora::{host, Adapters, Target};
+use crate::model::norm::RmsNorm;
+use crate::model::transformer::DecoderLayer;
 use crate::model::transpose;
-use crate::model::{Architecture, CausalLm};
+use crate::model::{Architecture, CausalLm, ModelConfig};
 use anyhow::{bail, ensure, Context, Result};
 use burn::module::Param;
-use burn::nn::{Linear, RmsNorm};
+use burn::nn::Linear;
 use burn::tensor::Tensor;
 use std::fs;
 use std::io::{BufWriter, Write};
@@ -155,53 +157,7 @@ fn weight_entries<'a>(model: &'a CausalLm, adapters: &'a Adapters) -> Vec<Entry<
         move || host(&embed.val()),
     ));
     for (i, layer) in model.model.layers.iter().enumerate() {
-        let p = format!("model.layers.{i}");
-        let attn = &layer.self_attn;
-        let mlp = &layer.mlp;
-        let projections = [
-            (Target::Q, &attn.q_proj),
-            (Target::K, &attn.k_proj),
-            (Target::V, &attn.v_proj),
-            (Target::O, &attn.o_proj),
-            (Target::Gate, &mlp.gate_proj),
-            (Target::Up, &mlp.up_proj),
-            (Target::Down, &mlp.down_proj),
-        ];
-        for (t, linear) in projections {
-            let module = match t {
-                Target::Q | Target::K | Target::V | Target::O => "self_attn",
-                _ => "mlp",
-            };
-            let name = format!("{p}.{module}.{}", t.module_name());
-            let [d_in, d_out] = t.shape(c);
-            entries.push(Entry::new(
-                format!("{name}.weight"),
-                vec![d_out, d_in],
-                move || merged_weight(linear, adapters, i, t),
-            ));
-            // transformers' Qwen2 always has q/k/v biases; one without them gets zeros.
-            let qkv = matches!(t, Target::Q | Target::K | Target::V);
-            let zero_bias = qkv && c.architecture == Architecture::Qwen2;
-            match &linear.bias {
-                Some(bias) => {
-                    entries.push(Entry::new(format!("{name}.bias"), vec![d_out], move || {
-                        host1(bias)
-                    }))
-                }
-                None if zero_bias => {
-                    entries.push(Entry::new(format!("{name}.bias"), vec![d_out], move || {
-                        Ok(vec![0.0; d_out])
-                    }))
-                }
-                None => {}
-            }
-        }
-        for (norm, n) in [
-            ("input_layernorm", &layer.input_layernorm),
-            ("post_attention_layernorm", &layer.post_attention_layernorm),
-        ] {
-            entries.push(norm_entry(format!("{p}.{norm}.weight"), n));
-        }
+        entries.extend(layer_entries(c, layer, adapters, i));
     }
     entries.push(norm_entry("model.norm.weight".into(), &model.model.norm));
     if let Some(head) = &model.lm_head {
@@ -217,9 +173,83 @@ fn weight_entries<'a>(model: &'a CausalLm, adapters: &'a Adapters) -> Vec<Entry<
     entries
 }
 
+/// The tensors of block `i`: its projections (adapters folded in), their biases and its norms.
+fn layer_entries<'a>(
+    c: &ModelConfig,
+    layer: &'a DecoderLayer,
+    adapters: &'a Adapters,
+    i: usize,
+) -> Vec<Entry<'a>> {
+    let p = format!("model.layers.{i}");
+    let attn = &layer.self_attn;
+    let mlp = &layer.mlp;
+    let projections = [
+        (Target::Q, &attn.q_proj),
+        (Target::K, &attn.k_proj),
+        (Target::V, &attn.v_proj),
+        (Target::O, &attn.o_proj),
+        (Target::Gate, &mlp.gate_proj),
+        (Target::Up, &mlp.up_proj),
+        (Target::Down, &mlp.down_proj),
+    ];
+    let mut entries = Vec::new();
+    for (t, linear) in projections {
+        let module = match t {
+            Target::Q | Target::K | Target::V | Target::O => "self_attn",
+            _ => "mlp",
+        };
+        let name = format!("{p}.{module}.{}", t.module_name());
+        let [d_in, d_out] = t.shape(c);
+        entries.push(Entry::new(
+            format!("{name}.weight"),
+            vec![d_out, d_in],
+            move || merged_weight(linear, adapters, i, t),
+        ));
+        // transformers' Qwen2 always has q/k/v biases; one without them gets zeros.
+        let qkv = matches!(t, Target::Q | Target::K | Target::V);
+        let zero_bias = qkv && c.architecture == Architecture::Qwen2;
+        match &linear.bias {
+            Some(bias) => {
+                entries.push(Entry::new(format!("{name}.bias"), vec![d_out], move || {
+                    host1(bias)
+                }))
+            }
+            None if zero_bias => {
+                entries.push(Entry::new(format!("{name}.bias"), vec![d_out], move || {
+                    Ok(vec![0.0; d_out])
+                }))
+            }
+            None => {}
+        }
+    }
+    let norms = [
+        ("self_attn.q_norm", attn.q_norm.as_ref()),
+        ("self_attn.k_norm", attn.k_norm.as_ref()),
+        ("input_layernorm", Some(&layer.input_layernorm)),
+        (
+            "post_attention_layernorm",
+            Some(&layer.post_attention_layernorm),
+        ),
+        (
+            "pre_feedforward_layernorm",
+            layer.pre_feedforward_layernorm.as_ref(),
+        ),
+        (
+            "post_feedforward_layernorm",
+            layer.post_feedforward_layernorm.as_ref(),
+        ),
+    ];
+    for (name, norm) in norms {
+        if let Some(norm) = norm {
+            entries.push(norm_entry(format!("{p}.{name}.weight"), norm));
+        }
+    }
+    entries
+}
+
 fn norm_entry(name: String, norm: &RmsNorm) -> Entry<'_> {
-    let len = norm.gamma.val().dims()[0];
-    Entry::new(name, vec![len], move || host1(&norm.gamma))
+    let len = norm.weight.val().dims()[0];
+    Entry::new(name, vec![len], move || host1(&norm.weight))
 }
 
 fn host1(p: &Param<Tensor<1>>) -> Result<Vec<f32>> {

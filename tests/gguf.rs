@@ -94,7 +94,9 @@ fn dequantizers_match_gguf_py_bit_for_bit() {
     let bytes = golden();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     use GgmlType::*;
-    for ty in [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K] {
+    for ty in [
+        F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K,
+    ] {
         let raw = st.tensor(&format!("{ty}.raw")).unwrap();
         let (_, want) = golden_f32(&st, &format!("{ty}.out"));
         assert!(
@@ -115,9 +117,9 @@ fn dequantize_rejects_bad_lengths_and_unsupported_types() {
     assert!(msg.contains("not a whole number of Q4_0 blocks"), "{msg}");
     let msg = err_of(dequantize(GgmlType::Q8_0, &[0; 33], 32));
     assert!(msg.contains("34 bytes, got 33"), "{msg}");
-    let msg = err_of(dequantize(GgmlType::Q5_0, &[0; 22], 32));
+    let msg = err_of(dequantize(GgmlType::Q8_1, &[0; 40], 32));
     assert!(
-        msg.contains("unsupported quantization type Q5_0 (id 6)"),
+        msg.contains("unsupported quantization type Q8_1 (id 9)"),
         "{msg}"
     );
 }
@@ -307,15 +309,15 @@ fn corrupt_tensor_type_ids_are_rejected() {
     );
 
     // A known but undecodable type opens (its data still fits), and only decoding fails.
-    bytes[type_at..type_at + 4].copy_from_slice(&6u32.to_le_bytes());
-    let path = scratch("type-q5_0");
+    bytes[type_at..type_at + 4].copy_from_slice(&9u32.to_le_bytes());
+    let path = scratch("type-q8_1");
     std::fs::write(&path, &bytes).unwrap();
     let f = GgufFile::open(&path).unwrap();
-    assert_eq!(f.tensor_info("t.q8_0").unwrap().ggml_type, GgmlType::Q5_0);
+    assert_eq!(f.tensor_info("t.q8_0").unwrap().ggml_type, GgmlType::Q8_1);
     let msg = err_of(f.tensor_f32("t.q8_0"));
     assert!(
-        msg.contains("unsupported quantization type Q5_0 (id 6) for tensor 't.q8_0' in")
-            && msg.contains("gguf-type-q5_0.gguf"),
+        msg.contains("unsupported quantization type Q8_1 (id 9) for tensor 't.q8_0' in")
+            && msg.contains("gguf-type-q8_1.gguf"),
         "{msg}"
     );
     f.tensor_f32("t.f32").unwrap();

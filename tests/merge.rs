@@ -16,10 +16,11 @@ use persona_train::model::{
     CausalLm, ForwardInput, Llama3RopeScaling, LogitsFor, ModelConfig, RopeScaling,
 };
 use persona_train::source::ModelFiles;
+use persona_train::tensor_file::Values;
 use persona_train::tokenizer::ChatMessage;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 const TOL: f64 = 1e-4;
@@ -239,6 +240,62 @@ fn qwen2_merged_matches_unmerged() {
         changed > 0.01,
         "the adapter barely changes the logits ({changed})"
     );
+}
+
+/// Qwen3 (q/k norms), Mistral (window), Gemma 2 (soft caps) and Gemma 3 (four norms per block,
+/// local and global RoPE): every norm survives the merge, the config round-trips, and the merged
+/// model gives the unmerged adapter's logits over a sequence longer than the windows. With
+/// `PERSONA_TRAIN_KEEP_MERGE` set, each directory is kept with `forward.safetensors` (input ids
+/// and the unmerged logits) for `tests/fixtures/check_merge_transformers.py`.
+#[test]
+fn every_family_merged_matches_unmerged() {
+    let device = Device::flex();
+    for name in ["tiny-qwen3", "tiny-mistral", "tiny-gemma2", "tiny-gemma3"] {
+        let base = load_hf_model(&fixture(name), &device, DType::F32).unwrap();
+        let config = LoraConfig {
+            r: 4,
+            alpha: 16.0,
+            ..LoraConfig::default()
+        };
+        let adapters = random_adapters(&config, base.config(), &device);
+        let tmp = tempfile::tempdir().unwrap();
+        let out = out_dir(tmp.path(), &format!("{name}+random"));
+        merge_weights(&base, &adapters, &out).unwrap();
+        let ours = read_tensors(&out.join("model.safetensors"));
+        let stored = read_tensors(&fixture(name).join("model.safetensors"));
+        let names = |t: &HashMap<String, _>| t.keys().cloned().collect::<BTreeSet<String>>();
+        assert_eq!(names(&ours), names(&stored), "{name}: merged tensor names");
+        for (key, tensor) in &ours {
+            if !key.contains("_proj.") {
+                assert_eq!(tensor, &stored[key], "{name}: {key} is not copied exactly");
+            }
+        }
+        let merged = load_hf_model(&out, &device, DType::F32).unwrap();
+        assert_eq!(merged.config(), base.config(), "{name}: config round trip");
+        let ids: Vec<u32> = (0..14).map(|i| (i * 37 + 5) % 128).collect();
+        let unmerged = logits(&base, &ids, Some(&adapters));
+        let err = rel_err(&logits(&merged, &ids, None), &unmerged);
+        eprintln!("{name}: merged vs unmerged rel err {err:.2e}");
+        assert!(err < TOL, "{name}: merged vs unmerged logits rel err {err}");
+        let changed = rel_err(&logits(&base, &ids, None), &unmerged);
+        assert!(
+            changed > 0.01,
+            "{name}: the adapter barely changes the logits ({changed})"
+        );
+        if std::env::var_os("PERSONA_TRAIN_KEEP_MERGE").is_some() {
+            let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+            let vocab = base.config().vocab_size;
+            persona_train::tensor_file::write(
+                &out.join("forward.safetensors"),
+                &[
+                    ("input_ids", Values::I64(&ids), vec![ids.len()]),
+                    ("logits", Values::F32(&unmerged), vec![ids.len(), vocab]),
+                ],
+                None,
+            )
+            .unwrap();
+        }
+    }
 }
 
 /// A Qwen2 without q/k/v biases (possible from GGUF) is written with zero biases, since

@@ -1,6 +1,7 @@
 //! One training step on tiny-llama against transformers + PEFT (tests/fixtures/golden_training.py):
 //! the loss and every LoRA gradient with each steering mode, rsLoRA scaling, and two clipped AdamW
-//! steps; and the bf16 model with PEFT's mixed precision (tests/fixtures/golden_bf16.py).
+//! steps; one step on each other family (Qwen3, Mistral, Gemma 2, Gemma 3); and the bf16 model
+//! with PEFT's mixed precision (tests/fixtures/golden_bf16.py).
 
 mod common;
 
@@ -119,19 +120,63 @@ fn check_case(case: &str, steering: Option<Steering>, rslora: bool) {
 fn check_case_with(case: &str, steering: Option<Steering>, rslora: bool, optim: &OptimConfig) {
     let (g, model, device) = setup();
     let adapters = init_adapters_with(&g, &model, rslora, &device, optim);
-    let (got, grads) = golden_step(&g, &model, &device, &adapters, steering.as_ref());
+    check_step(
+        "tiny-llama",
+        case,
+        (&g, &model),
+        &adapters,
+        steering.as_ref(),
+    );
+}
+
+/// The loss and every gradient of one step of `case` against PEFT's in `golden`.
+fn check_step(
+    name: &str,
+    case: &str,
+    (g, model): (&Golden, &CausalLm),
+    adapters: &Adapters,
+    steering: Option<&Steering>,
+) {
+    let (got, grads) = golden_step(g, model, &model.device(), adapters, steering);
     let want = g.f32(&format!("{case}.loss")).1[0];
     let err = ((got - want) / want).abs() as f64;
-    assert!(err < TOL, "{case}: loss {got} vs PEFT {want}");
+    assert!(err < TOL, "{name} {case}: loss {got} vs PEFT {want}");
     let mut worst = 0.0f64;
+    let count = grads.len();
     for (key, grad) in grads {
         let err = rel_err(&peft_layout(grad), &g.f32(&format!("{case}.grad.{key}")).1);
-        assert!(err < TOL, "{case}: gradient of {key}: rel err {err}");
+        assert!(err < TOL, "{name} {case}: gradient of {key}: rel err {err}");
         worst = worst.max(err);
     }
     println!(
-        "{case}: loss {got} (PEFT {want}), worst gradient rel err {worst:.2e} over 42 matrices"
+        "{name} {case}: loss {got} (PEFT {want}, rel err {err:.1e}), worst gradient rel err {worst:.2e} over {count} matrices"
     );
+}
+
+/// One step on each other family's tiny model (tests/fixtures/training/tiny-*.safetensors):
+/// the loss and every gradient equal PEFT's without steering and with all-layer steering. The
+/// batch is longer than the Mistral and Gemma windows.
+#[test]
+fn step_on_every_family() {
+    let device = common::device();
+    for name in ["tiny-qwen3", "tiny-mistral", "tiny-gemma2", "tiny-gemma3"] {
+        let g = read_golden(&fixture(&format!("training/{name}.safetensors")));
+        let model =
+            persona_train::loader::load_hf_model(&fixture(name), &device, DType::F32).unwrap();
+        let adapters = init_adapters_with(&g, &model, false, &device, &OptimConfig::default());
+        let c = model.config();
+        let steering = Steering::new(
+            &vector(&g),
+            SteerLayers::All,
+            2.0,
+            Positions::All,
+            c.num_layers,
+            c.hidden_size,
+        )
+        .unwrap();
+        check_step(name, "off", (&g, &model), &adapters, None);
+        check_step(name, "all_layers", (&g, &model), &adapters, Some(&steering));
+    }
 }
 
 /// One forward and backward pass on the golden batch: the mean loss over its targets and every

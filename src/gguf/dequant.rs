@@ -18,7 +18,7 @@ pub fn byte_size(ty: GgmlType, n_elements: usize) -> Option<usize> {
 }
 
 /// Decodes `n_elements` values of type `ty` from exactly their `bytes`. Supports F32, F16, BF16,
-/// Q8_0, Q4_0, Q4_1, Q4_K, Q5_K and Q6_K; other types are an error.
+/// Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K; other types are an error.
 pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: usize) -> Result<Vec<f32>> {
     let Some(expected) = byte_size(ty, n_elements) else {
         bail!(
@@ -46,6 +46,8 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: usize) -> Result<Vec<f
         GgmlType::Q8_0 => blocks(bytes, &mut out, q8_0),
         GgmlType::Q4_0 => blocks(bytes, &mut out, q4_0),
         GgmlType::Q4_1 => blocks(bytes, &mut out, q4_1),
+        GgmlType::Q5_0 => blocks(bytes, &mut out, q5_0),
+        GgmlType::Q5_1 => blocks(bytes, &mut out, q5_1),
         GgmlType::Q4_K => blocks(bytes, &mut out, q4_k),
         GgmlType::Q5_K => blocks(bytes, &mut out, q5_k),
         GgmlType::Q6_K => blocks(bytes, &mut out, q6_k),
@@ -99,6 +101,36 @@ fn q4_1(b: &[u8; 20], y: &mut [f32; 32]) {
     for (j, &q) in b[4..].iter().enumerate() {
         y[j] = f32::from(q & 0xF) * d + m;
         y[j + 16] = f32::from(q >> 4) * d + m;
+    }
+}
+
+/// The 5-bit values of a Q5_0/Q5_1 block: the low 4 bits as in Q4_0, the fifth bit of element
+/// `j` in bit `j` of the little-endian u32 `qh`.
+fn q5_values(qh: &[u8], qs: &[u8]) -> [u8; 32] {
+    let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+    let mut q = [0u8; 32];
+    for (j, &byte) in qs.iter().enumerate() {
+        let high = |bit: usize| (((qh >> bit) & 1) as u8) << 4;
+        q[j] = (byte & 0xF) | high(j);
+        q[j + 16] = (byte >> 4) | high(j + 16);
+    }
+    q
+}
+
+// block_q5_0: d (f16), qh[4], qs[16]; values are the 5-bit numbers minus 16, times d.
+fn q5_0(b: &[u8; 22], y: &mut [f32; 32]) {
+    let d = half(b[0], b[1]);
+    for (y, q) in y.iter_mut().zip(q5_values(&b[2..6], &b[6..])) {
+        *y = f32::from(q as i8 - 16) * d;
+    }
+}
+
+// block_q5_1: d (f16), m (f16), qh[4], qs[16]; values are the 5-bit numbers times d, plus m.
+fn q5_1(b: &[u8; 24], y: &mut [f32; 32]) {
+    let d = half(b[0], b[1]);
+    let m = half(b[2], b[3]);
+    for (y, q) in y.iter_mut().zip(q5_values(&b[4..8], &b[8..])) {
+        *y = f32::from(q) * d + m;
     }
 }
 

@@ -3,12 +3,16 @@
 
 pub mod cache;
 pub mod config;
+pub mod hf_config;
 pub mod lora;
+pub mod norm;
 pub mod rope;
 pub mod transformer;
 
 pub use cache::KvCache;
-pub use config::{Architecture, Llama3RopeScaling, ModelConfig, RopeScaling};
+pub use config::{
+    Activation, Architecture, BlockStyle, LayerType, Llama3RopeScaling, ModelConfig, RopeScaling,
+};
 pub use lora::Adapters;
 pub use transformer::CausalLm;
 

@@ -4,7 +4,7 @@
 //! HF checkpoints need this one. Angles are computed on the host in f32, as transformers does,
 //! because positions differ per row under left padding.
 
-use super::config::{Llama3RopeScaling, ModelConfig, RopeScaling};
+use super::config::{LayerType, Llama3RopeScaling, ModelConfig, RopeScaling};
 use burn::tensor::{Device, Tensor, TensorData};
 
 #[derive(Debug, Clone)]
@@ -13,14 +13,21 @@ pub struct Rope {
 }
 
 impl Rope {
-    pub fn new(config: &ModelConfig) -> Self {
+    /// The rotation of layers of `kind`: local layers with a base of their own (Gemma 3) use
+    /// it unscaled; every other layer uses `rope_theta` and `rope_scaling`.
+    pub fn new(config: &ModelConfig, kind: LayerType) -> Self {
+        let (theta, scaling) = match (kind, config.rope_local_theta) {
+            (LayerType::Sliding, Some(local)) => (local, None),
+            _ => (config.rope_theta, config.rope_scaling.as_ref()),
+        };
         let dim = config.head_dim;
         let mut inv_freq: Vec<f32> = (0..dim)
             .step_by(2)
-            .map(|i| 1.0 / config.rope_theta.powf(i as f32 / dim as f32))
+            .map(|i| 1.0 / theta.powf(i as f32 / dim as f32))
             .collect();
-        match &config.rope_scaling {
+        match scaling {
             Some(RopeScaling::Llama3(s)) => inv_freq = llama3_scale(&inv_freq, s),
+            Some(RopeScaling::Linear { factor }) => inv_freq.iter_mut().for_each(|x| *x /= factor),
             Some(RopeScaling::FreqFactors(f)) => {
                 inv_freq.iter_mut().zip(f).for_each(|(x, f)| *x /= f)
             }

@@ -1,25 +1,33 @@
-//! The decoder-only transformer shared by Llama and Qwen2, read top to bottom: MLP, attention,
+//! The decoder-only transformer shared by every family, read top to bottom: MLP, attention,
 //! decoder layer, model, causal-LM head. Field names equal the Hugging Face checkpoint keys
 //! (`self_attn.q_proj`, `input_layernorm`, ...), so loaders need no rename table.
+//!
+//! The families differ only by what [`ModelConfig`] says: q/k norms, Gemma's norms around
+//! attention and MLP, the MLP's activation, the embedding scale, which layers attend within a
+//! sliding window and with which RoPE, the attention scale and soft caps.
 
 use super::cache::KvCache;
-use super::config::ModelConfig;
+use super::config::{Activation, LayerType, ModelConfig};
 use super::lora::{Adapters, Target};
+use super::norm::RmsNorm;
 use super::rope::{self, Rope};
 use super::{transpose, Forward, ForwardInput, ForwardOutput, LogitsFor, ParamSource};
 use anyhow::{ensure, Context, Result};
 use burn::module::{Module, Param};
-use burn::nn::{Embedding, Linear, RmsNorm};
-use burn::tensor::activation::silu;
+use burn::nn::{Embedding, Linear};
+use burn::tensor::activation::{gelu_approximate, silu};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
 
+/// The gated MLP: `down(act(gate(x)) · up(x))`.
 #[derive(Module, Debug)]
 pub struct Mlp {
     pub gate_proj: Linear,
     pub up_proj: Linear,
     pub down_proj: Linear,
+    #[module(skip)]
+    activation: Activation,
 }
 
 /// The adapters of one block, when the forward pass carries any.
@@ -49,13 +57,18 @@ impl Mlp {
             gate_proj: vb.linear("gate_proj", c.hidden_size, c.intermediate_size, false)?,
             up_proj: vb.linear("up_proj", c.hidden_size, c.intermediate_size, false)?,
             down_proj: vb.linear("down_proj", c.intermediate_size, c.hidden_size, false)?,
+            activation: c.style().activation,
         })
     }
 
     fn forward(&self, x: Tensor<3>, lora: BlockAdapters) -> Tensor<3> {
         let gate = project(&self.gate_proj, x.clone(), lora, Target::Gate);
         let up = project(&self.up_proj, x, lora, Target::Up);
-        project(&self.down_proj, silu(gate) * up, lora, Target::Down)
+        let gate = match self.activation {
+            Activation::Silu => silu(gate),
+            Activation::GeluTanh => gelu_approximate(gate),
+        };
+        project(&self.down_proj, gate * up, lora, Target::Down)
     }
 }
 
@@ -65,23 +78,54 @@ pub struct Attention {
     pub k_proj: Linear,
     pub v_proj: Linear,
     pub o_proj: Linear,
+    /// Per-head norms of queries and keys before RoPE (Qwen 3, Gemma 3).
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
     #[module(skip)]
     num_heads: usize,
     #[module(skip)]
     num_kv_heads: usize,
     #[module(skip)]
     head_dim: usize,
+    /// Global, or local within the sliding window: which of the pass's tables it uses.
+    #[module(skip)]
+    kind: LayerType,
+    /// Multiplies the attention scores (`1/√head_dim`, Gemma's `1/√query_pre_attn_scalar`).
+    #[module(skip)]
+    scale: f64,
+    #[module(skip)]
+    softcap: Option<f64>,
 }
 
-/// What every block of one pass shares, computed once in [`CausalLm::forward`].
+/// What every block of one kind (global or local) shares in one pass, computed once in
+/// [`CausalLm::forward`].
 ///
 /// # Shapes
 /// - cos, sin: `[batch, 1, seq, head_dim]`, in the activations' dtype
-/// - mask: `[batch, heads, seq, cached + seq]`, true = masked out
-struct PassTables {
+/// - mask: `[batch, heads, seq, held + seq]`, true = masked out, where `held` is how many
+///   cached columns layers of this kind hold
+struct KindTables {
     cos: Tensor<4>,
     sin: Tensor<4>,
     mask: Tensor<4, Bool>,
+}
+
+/// The tables of the kinds of layer the model has.
+struct PassTables {
+    full: Option<KindTables>,
+    sliding: Option<KindTables>,
+}
+
+impl PassTables {
+    fn of(&self, kind: LayerType) -> &KindTables {
+        let tables = match kind {
+            LayerType::Full => &self.full,
+            LayerType::Sliding => &self.sliding,
+        };
+        tables
+            .as_ref()
+            .expect("tables are made for every kind of layer the model has")
+    }
 }
 
 /// What a pass carries for one block: the block's index, which is its slot in the KV cache and
@@ -99,18 +143,28 @@ impl<'a> BlockPass<'a> {
 }
 
 impl Attention {
-    /// `vb` is scoped to the block's `self_attn`.
-    fn load(vb: &Builder, c: &ModelConfig) -> Result<Self> {
+    /// `vb` is scoped to the block's `self_attn`, which is block `layer`.
+    fn load(vb: &Builder, c: &ModelConfig, layer: usize) -> Result<Self> {
         let (h, kv, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let bias = c.attention_bias;
+        let qk_norm = |name: &str| match c.style().qk_norm {
+            true => vb.rms_norm(name, d, c).map(Some),
+            false => Ok(None),
+        };
+        let scalar = c.query_pre_attn_scalar.map_or(d as f64, f64::from);
         Ok(Self {
             q_proj: vb.linear("q_proj", c.hidden_size, h * d, bias)?,
             k_proj: vb.linear("k_proj", c.hidden_size, kv * d, bias)?,
             v_proj: vb.linear("v_proj", c.hidden_size, kv * d, bias)?,
             o_proj: vb.linear("o_proj", h * d, c.hidden_size, false)?,
+            q_norm: qk_norm("q_norm")?,
+            k_norm: qk_norm("k_norm")?,
             num_heads: h,
             num_kv_heads: kv,
             head_dim: d,
+            kind: c.layer_types[layer],
+            scale: 1.0 / scalar.sqrt(),
+            softcap: c.attn_logit_softcapping.map(f64::from),
         })
     }
 
@@ -118,23 +172,31 @@ impl Attention {
     /// - x: `[batch, seq, hidden]`
     fn forward(&self, x: Tensor<3>, tables: &PassTables, block: &mut BlockPass) -> Tensor<3> {
         let lora = block.lora();
+        let tables = tables.of(self.kind);
         let [b, t, _] = x.dims();
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let split = |y: Tensor<3>, heads: usize| y.reshape([b, t, heads, d]).swap_dims(1, 2);
+        let split = |y: Tensor<3>, heads: usize, norm: &Option<RmsNorm>| {
+            let y = y.reshape([b, t, heads, d]);
+            let y = match norm {
+                Some(norm) => norm.forward(y),
+                None => y,
+            };
+            y.swap_dims(1, 2)
+        };
         let q = project(&self.q_proj, x.clone(), lora, Target::Q);
         let k = project(&self.k_proj, x.clone(), lora, Target::K);
         let v = project(&self.v_proj, x, lora, Target::V);
-        let q = rope::apply(split(q, h), &tables.cos, &tables.sin);
-        let k = rope::apply(split(k, kvh), &tables.cos, &tables.sin);
-        let v = split(v, kvh);
+        let q = rope::apply(split(q, h, &self.q_norm), &tables.cos, &tables.sin);
+        let k = rope::apply(split(k, kvh, &self.k_norm), &tables.cos, &tables.sin);
+        let v = split(v, kvh, &None);
         let (k, v) = match block.cache.as_deref_mut() {
             Some(cache) => cache.append(block.layer, k, v),
             None => (k, v),
         };
         let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
         let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
+            scale: Some(self.scale),
+            softcap: self.softcap,
             is_causal: false,
         };
         let out = attention(q, k, v, Some(tables.mask.clone()), None, options);
@@ -154,31 +216,69 @@ fn repeat_kv(x: Tensor<4>, groups: usize) -> Tensor<4> {
         .reshape([b, kvh * groups, t, d])
 }
 
+/// A block. Llama-like blocks norm the input of attention (`input_layernorm`) and of the MLP
+/// (`post_attention_layernorm`). Gemma's also norm both outputs before they join the residual
+/// stream: there `post_attention_layernorm` norms the attention output, and
+/// `pre_feedforward_layernorm` and `post_feedforward_layernorm` surround the MLP.
 #[derive(Module, Debug)]
 pub struct DecoderLayer {
     pub self_attn: Attention,
     pub mlp: Mlp,
     pub input_layernorm: RmsNorm,
     pub post_attention_layernorm: RmsNorm,
+    pub pre_feedforward_layernorm: Option<RmsNorm>,
+    pub post_feedforward_layernorm: Option<RmsNorm>,
 }
 
+/// A block's norms by role: on the attention output (Gemma), on the MLP input, on the MLP
+/// output (Gemma).
+type BlockNorms<'a> = (Option<&'a RmsNorm>, &'a RmsNorm, Option<&'a RmsNorm>);
+
 impl DecoderLayer {
-    /// `vb` is scoped to the block (`model.layers.{i}`).
-    fn load(vb: &Builder, c: &ModelConfig) -> Result<Self> {
+    /// `vb` is scoped to the block (`model.layers.{layer}`).
+    fn load(vb: &Builder, c: &ModelConfig, layer: usize) -> Result<Self> {
+        let h = c.hidden_size;
+        let sandwich = |name: &str| match c.style().sandwich_norms {
+            true => vb.rms_norm(name, h, c).map(Some),
+            false => Ok(None),
+        };
         Ok(Self {
-            self_attn: Attention::load(&vb.pp("self_attn"), c)?,
+            self_attn: Attention::load(&vb.pp("self_attn"), c, layer)?,
             mlp: Mlp::load(&vb.pp("mlp"), c)?,
-            input_layernorm: vb.rms_norm("input_layernorm", c)?,
-            post_attention_layernorm: vb.rms_norm("post_attention_layernorm", c)?,
+            input_layernorm: vb.rms_norm("input_layernorm", h, c)?,
+            post_attention_layernorm: vb.rms_norm("post_attention_layernorm", h, c)?,
+            pre_feedforward_layernorm: sandwich("pre_feedforward_layernorm")?,
+            post_feedforward_layernorm: sandwich("post_feedforward_layernorm")?,
         })
     }
 
-    /// Attention then MLP, each pre-normed and added to the residual stream.
+    fn norms(&self) -> BlockNorms<'_> {
+        match &self.pre_feedforward_layernorm {
+            Some(pre) => (
+                Some(&self.post_attention_layernorm),
+                pre,
+                self.post_feedforward_layernorm.as_ref(),
+            ),
+            None => (None, &self.post_attention_layernorm, None),
+        }
+    }
+
+    /// Attention then MLP, each pre-normed (and post-normed, Gemma) and added to the residual
+    /// stream.
     fn forward(&self, x: Tensor<3>, tables: &PassTables, mut block: BlockPass) -> Tensor<3> {
+        let (attn_out, mlp_in, mlp_out) = self.norms();
         let normed = self.input_layernorm.forward(x.clone());
-        let x = x + self.self_attn.forward(normed, tables, &mut block);
-        let normed = self.post_attention_layernorm.forward(x.clone());
-        x + self.mlp.forward(normed, block.lora())
+        let h = self.self_attn.forward(normed, tables, &mut block);
+        let x = x + norm_if(attn_out, h);
+        let h = self.mlp.forward(mlp_in.forward(x.clone()), block.lora());
+        x + norm_if(mlp_out, h)
+    }
+}
+
+fn norm_if(norm: Option<&RmsNorm>, x: Tensor<3>) -> Tensor<3> {
+    match norm {
+        Some(norm) => norm.forward(x),
+        None => x,
     }
 }
 
@@ -187,13 +287,16 @@ pub struct Model {
     pub embed_tokens: Embedding,
     pub layers: Vec<DecoderLayer>,
     pub norm: RmsNorm,
+    /// What embeddings are multiplied by (Gemma: √hidden).
+    #[module(skip)]
+    embed_scale: Option<f32>,
 }
 
 impl Model {
     /// `vb` is scoped to `model`.
     fn load(vb: &Builder, c: &ModelConfig) -> Result<Self> {
         let layers = (0..c.num_layers)
-            .map(|i| DecoderLayer::load(&vb.pp(&format!("layers.{i}")), c))
+            .map(|i| DecoderLayer::load(&vb.pp(&format!("layers.{i}")), c, i))
             .collect::<Result<Vec<_>>>()?;
         let embed = vb.tensor::<2>("embed_tokens.weight", [c.vocab_size, c.hidden_size])?;
         Ok(Self {
@@ -201,8 +304,25 @@ impl Model {
                 weight: Param::from_tensor(embed),
             },
             layers,
-            norm: vb.rms_norm("norm", c)?,
+            norm: vb.rms_norm("norm", c.hidden_size, c)?,
+            embed_scale: c
+                .style()
+                .scaled_embeddings
+                .then(|| (c.hidden_size as f64).sqrt() as f32),
         })
+    }
+
+    /// The tokens' embeddings, scaled in the embeddings' dtype as transformers does (in bf16,
+    /// Gemma's √640 = 25.298 becomes 25.25).
+    fn embed(&self, input_ids: Tensor<2, burn::tensor::Int>) -> Tensor<3> {
+        let x = self.embed_tokens.forward(input_ids);
+        match self.embed_scale {
+            Some(scale) => {
+                let scale = Tensor::<1>::from_floats([scale], &x.device()).cast(x.dtype());
+                x * scale.unsqueeze()
+            }
+            None => x,
+        }
     }
 }
 
@@ -214,8 +334,9 @@ pub struct CausalLm {
     pub lm_head: Option<Linear>,
     #[module(skip)]
     config: ModelConfig,
+    /// Rotations of global and of local layers.
     #[module(skip)]
-    rope: Rope,
+    ropes: [Rope; 2],
 }
 
 impl CausalLm {
@@ -256,7 +377,10 @@ impl CausalLm {
             model,
             lm_head,
             config: config.clone(),
-            rope: Rope::new(config),
+            ropes: [
+                Rope::new(config, LayerType::Full),
+                Rope::new(config, LayerType::Sliding),
+            ],
         })
     }
 
@@ -264,8 +388,8 @@ impl CausalLm {
     /// its LoRA adapters on the projections, its intervention on the residual stream.
     ///
     /// Hidden states follow transformers' `output_hidden_states`: index 0 is the embedding
-    /// output, index N (1 ≤ N < layers) the output of block N-1 (after any intervention), and
-    /// the last index is taken after the final norm.
+    /// output (scaled, for Gemma), index N (1 ≤ N < layers) the output of block N-1 (after any
+    /// intervention), and the last index is taken after the final norm.
     ///
     /// # Shapes
     /// - input_ids: `[batch, seq]`
@@ -286,18 +410,13 @@ impl CausalLm {
             input.max_id(),
             self.config.vocab_size
         );
-        let device = self.device();
         let [b, t] = input.input_ids.dims();
-        let past = cache.as_ref().map_or(0, |c| c.len());
-        // Angles in f32 on the host, then in the activations' dtype, as transformers does.
-        let (cos, sin) = self.rope.tables(&input.positions, &device);
         let tables = PassTables {
-            cos: cos.cast(self.dtype()),
-            sin: sin.cast(self.dtype()),
-            mask: attention_mask(input, past, self.config.num_heads, &device),
+            full: self.kind_tables(input, cache.as_deref(), LayerType::Full),
+            sliding: self.kind_tables(input, cache.as_deref(), LayerType::Sliding),
         };
 
-        let mut x = self.model.embed_tokens.forward(input.input_ids.clone());
+        let mut x = self.model.embed(input.input_ids.clone());
         let mut hidden_states = Vec::new();
         for (i, layer) in self.model.layers.iter().enumerate() {
             if output_hidden_states {
@@ -312,6 +431,9 @@ impl CausalLm {
             if let Some(iv) = intervention {
                 x = iv.apply(i, x);
             }
+        }
+        if let Some(cache) = cache {
+            cache.advance(t);
         }
         let x = self.model.norm.forward(x);
         if output_hidden_states {
@@ -328,8 +450,45 @@ impl CausalLm {
         })
     }
 
-    /// The output head over final-norm hidden states: `[batch, seq, hidden]` → logits.
+    /// The rotation tables and mask of the layers of `kind`, `None` when the model has none.
+    fn kind_tables(
+        &self,
+        input: &ForwardInput,
+        cache: Option<&KvCache>,
+        kind: LayerType,
+    ) -> Option<KindTables> {
+        let c = &self.config;
+        let layer = c.layer_types.iter().position(|&k| k == kind)?;
+        let device = self.device();
+        // Angles in f32 on the host, then in the activations' dtype, as transformers does.
+        let rope = match kind {
+            LayerType::Full => &self.ropes[0],
+            LayerType::Sliding => &self.ropes[1],
+        };
+        let (cos, sin) = rope.tables(&input.positions, &device);
+        let keys = Keys {
+            past: cache.map_or(0, KvCache::len),
+            held: cache.map_or(0, |cache| cache.held(layer)),
+            window: c.window(layer),
+        };
+        Some(KindTables {
+            cos: cos.cast(self.dtype()),
+            sin: sin.cast(self.dtype()),
+            mask: attention_mask(input, keys, c.num_heads, &device),
+        })
+    }
+
+    /// The output head over final-norm hidden states: `[batch, seq, hidden]` → logits, soft-capped
+    /// when the model says so (Gemma 2).
     pub fn head(&self, x: Tensor<3>) -> Tensor<3> {
+        let logits = self.head_logits(x);
+        match self.config.final_logit_softcapping {
+            Some(cap) => (logits / cap).tanh() * cap,
+            None => logits,
+        }
+    }
+
+    fn head_logits(&self, x: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(x),
             None => {
@@ -348,30 +507,44 @@ impl CausalLm {
     }
 }
 
-/// Causal + padding mask, true where attention is forbidden. A query may always see itself so
-/// that no row is fully masked: fully masked rows give NaN in softmax, which then leaks through
-/// the padded keys of later layers.
+/// The keys a layer attends to in one pass: the last `held` of the `past` cached columns, then
+/// the pass's own.
+struct Keys {
+    past: usize,
+    held: usize,
+    /// A local layer's window (its own key included).
+    window: Option<usize>,
+}
+
+/// Causal + padding (+ sliding-window) mask, true where attention is forbidden. A query may
+/// always see itself so that no row is fully masked: fully masked rows give NaN in softmax,
+/// which then leaks through the padded keys of later layers. The window is counted in columns,
+/// as transformers does; a row's real tokens are contiguous (padding is on the left only), so
+/// that is also their distance in positions.
 fn attention_mask(
     input: &ForwardInput,
-    past: usize,
+    keys: Keys,
     heads: usize,
     device: &Device,
 ) -> Tensor<4, Bool> {
     let [b, t] = input.input_ids.dims();
-    let total = past + t;
-    let mut data = Vec::with_capacity(b * t * total);
+    let Keys { past, held, window } = keys;
+    let first = past - held;
+    let width = held + t;
+    let mut data = Vec::with_capacity(b * t * width);
     for row in 0..b {
         let keep = input.key_mask.as_ref().map(|m| &m[row]);
         for i in 0..t {
             let q = past + i;
-            for j in 0..total {
-                let visible = j == q || (j < q && keep.is_none_or(|k| k[j]));
+            for j in first..past + t {
+                let in_window = window.is_none_or(|w| q - j < w);
+                let visible = j == q || (j < q && in_window && keep.is_none_or(|k| k[j]));
                 data.push(!visible);
             }
         }
     }
-    Tensor::<4, Bool>::from_data(TensorData::new(data, [b, 1, t, total]), device)
-        .expand([b, heads, t, total])
+    Tensor::<4, Bool>::from_data(TensorData::new(data, [b, 1, t, width]), device)
+        .expand([b, heads, t, width])
 }
 
 /// Reads parameters by their checkpoint names, scoped like candle's `VarBuilder`: a part of the
@@ -443,13 +616,15 @@ impl<'a> Builder<'a> {
         })
     }
 
-    fn rms_norm(&self, name: &str, c: &ModelConfig) -> Result<RmsNorm> {
-        let gamma = self
-            .tensor::<1>(&format!("{name}.weight"), [c.hidden_size])
+    /// The norm `name` over `dim` values, in `c`'s convention.
+    fn rms_norm(&self, name: &str, dim: usize, c: &ModelConfig) -> Result<RmsNorm> {
+        let weight = self
+            .tensor::<1>(&format!("{name}.weight"), [dim])
             .with_context(|| format!("loading norm {}", self.path(name)))?;
-        Ok(RmsNorm {
-            gamma: Param::from_tensor(gamma),
-            epsilon: c.rms_norm_eps,
-        })
+        Ok(RmsNorm::new(
+            weight,
+            c.rms_norm_eps,
+            c.style().norm_plus_one,
+        ))
     }
 }

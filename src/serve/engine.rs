@@ -474,7 +474,7 @@ impl Engine {
     }
 
     fn empty_cache(&self) -> KvCache {
-        KvCache::new(self.model.config().num_layers)
+        KvCache::new(self.model.config())
     }
 }
 

@@ -80,7 +80,10 @@ pub fn base_parameters(c: &ModelConfig) -> usize {
         c.num_kv_heads * c.head_dim,
     );
     let bias = if c.attention_bias { q + 2 * kv } else { 0 };
-    let block = h * q + 2 * h * kv + q * h + bias + 3 * h * c.intermediate_size + 2 * h;
+    let style = c.style();
+    let qk_norms = if style.qk_norm { 2 * c.head_dim } else { 0 };
+    let norms = if style.sandwich_norms { 4 * h } else { 2 * h };
+    let block = h * q + 2 * h * kv + q * h + bias + 3 * h * c.intermediate_size + norms + qk_norms;
     let head = if c.tie_word_embeddings {
         0
     } else {
@@ -116,8 +119,15 @@ mod tests {
 
     #[test]
     fn base_parameters_count_what_checkpoints_store() {
-        // tiny-llama: tied head; tiny-qwen2: q/k/v bias, untied head, three shards.
-        for name in ["tiny-llama", "tiny-qwen2"] {
+        // tiny-llama: tied head; tiny-qwen2: q/k/v bias, untied head, three shards; tiny-qwen3:
+        // q/k norms; tiny-gemma3: q/k norms and four norms per block.
+        for name in [
+            "tiny-llama",
+            "tiny-qwen2",
+            "tiny-qwen3",
+            "tiny-mistral",
+            "tiny-gemma3",
+        ] {
             let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/fixtures")
                 .join(name);
