@@ -211,3 +211,84 @@ fn gemma3_270m_generate_raw_from_the_pypi_source() {
     assert!(ok, "{stderr}");
     assert_eq!(stdout.strip_suffix('\n'), Some(want.as_str()));
 }
+
+/// The server's continuous-batching engine with local layers: the 500-token prompt starts alone
+/// and crosses the 512-token window while decoding; the two short prompts join its batch once its
+/// first token is out (their rows are merged into a cache whose local layers are already
+/// trimmed). Each reply is transformers' greedy reply.
+#[test]
+fn gemma3_270m_engine_joins_rows_across_the_window() {
+    use persona_train::serve::engine::{Engine, Event, Job};
+    use std::sync::Arc;
+
+    let g = read_golden(&fixture("gemma3-270m/golden.safetensors"));
+    let tokenizer = Arc::new(
+        Tokenizer::from_gguf(&GgufFile::open(common::gemma3_270m()).unwrap()).unwrap(),
+    );
+    let engine = Engine {
+        stats: Arc::default(),
+        model: model(),
+        adapters: None,
+        tokenizer: tokenizer.clone(),
+        monitors: Vec::new(),
+        thresholds: Vec::new(),
+        refuse_on_alert: false,
+        max_batch: 3,
+    };
+    let (jobs, queue) = std::sync::mpsc::channel();
+    let engine = std::thread::spawn(move || engine.run(queue));
+    let submit = |j: usize| {
+        let (events, replies) = tokio::sync::mpsc::unbounded_channel();
+        let reply = ids(&g, &format!("g{j}.reply_ids"));
+        let job = Job {
+            prompt: ids(&g, &format!("g{j}.prompt_ids")),
+            max_tokens: reply.len(),
+            sampling: Sampling::default(),
+            stop: Vec::new(),
+            logprobs: None,
+            steering: None,
+            events,
+        };
+        jobs.send(job).unwrap();
+        (reply, replies)
+    };
+    let text_of = |events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>, until_first: bool| {
+        let mut text = String::new();
+        while let Some(event) = events.blocking_recv() {
+            match event {
+                Event::Delta { text: t, .. } => {
+                    text += &t;
+                    if until_first {
+                        break;
+                    }
+                }
+                Event::Done { .. } => break,
+                Event::Failed(e) => panic!("{e}"),
+                Event::Started { .. } => {}
+            }
+        }
+        text
+    };
+    let (long_reply, mut long) = submit(1);
+    let mut long_text = text_of(&mut long, true);
+    let joined = [submit(0), submit(2)];
+    long_text += &text_of(&mut long, false);
+    drop(jobs);
+    // The golden replies run past `<eos>` (transformers was told not to stop); the engine stops
+    // there.
+    let until_stop = |reply: &[u32]| {
+        let end = reply
+            .iter()
+            .position(|t| tokenizer.stop_ids().contains(t))
+            .unwrap_or(reply.len());
+        tokenizer.decode(&reply[..end], true).unwrap()
+    };
+    let mut got = vec![long_text];
+    let mut want = vec![until_stop(&long_reply)];
+    for (reply, mut events) in joined {
+        got.push(text_of(&mut events, false));
+        want.push(until_stop(&reply));
+    }
+    engine.join().unwrap();
+    assert_eq!(got, want);
+}
