@@ -222,9 +222,8 @@ fn gemma3_270m_engine_joins_rows_across_the_window() {
     use std::sync::Arc;
 
     let g = read_golden(&fixture("gemma3-270m/golden.safetensors"));
-    let tokenizer = Arc::new(
-        Tokenizer::from_gguf(&GgufFile::open(common::gemma3_270m()).unwrap()).unwrap(),
-    );
+    let tokenizer =
+        Arc::new(Tokenizer::from_gguf(&GgufFile::open(common::gemma3_270m()).unwrap()).unwrap());
     let engine = Engine {
         stats: Arc::default(),
         model: model(),
