@@ -3,12 +3,14 @@
 
 pub mod cache;
 pub mod config;
+pub mod head_loss;
 pub mod lora;
 pub mod rope;
 pub mod transformer;
 
 pub use cache::KvCache;
 pub use config::{Architecture, Llama3RopeScaling, ModelConfig, RopeScaling};
+pub use head_loss::HeadWeight;
 pub use lora::Adapters;
 pub use transformer::CausalLm;
 

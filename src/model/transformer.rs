@@ -6,7 +6,7 @@ use super::cache::KvCache;
 use super::config::ModelConfig;
 use super::lora::{Adapters, Target};
 use super::rope::{self, Rope};
-use super::{transpose, Forward, ForwardInput, ForwardOutput, LogitsFor, ParamSource};
+use super::{transpose, Forward, ForwardInput, ForwardOutput, HeadWeight, LogitsFor, ParamSource};
 use anyhow::{ensure, Context, Result};
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear, RmsNorm};
@@ -330,21 +330,24 @@ impl CausalLm {
 
     /// The output head over final-norm hidden states: `[batch, seq, hidden]` → logits.
     pub fn head(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, t, h] = x.dims();
+        self.head_weight()
+            .logits(x.reshape([b * t, h]))
+            .reshape([b, t, self.config.vocab_size])
+    }
+
+    /// The output head's weight: `lm_head`, or the embeddings when they are tied.
+    pub fn head_weight(&self) -> HeadWeight {
         match &self.lm_head {
-            Some(head) => head.forward(x),
-            None => {
-                // Tied head: `E · xᵀ` keeps the large embedding matrix contiguous (`x · Eᵀ` would
-                // copy all of it on every call) and transposes only the small result.
-                let [b, t, h] = x.dims();
-                let logits = self
-                    .model
-                    .embed_tokens
-                    .weight
-                    .val()
-                    .matmul(x.reshape([b * t, h]).transpose());
-                logits.transpose().reshape([b, t, self.config.vocab_size])
-            }
+            Some(head) => HeadWeight::Linear(head.weight.val()),
+            None => HeadWeight::Tied(self.model.embed_tokens.weight.val()),
         }
+    }
+
+    /// Summed next-token loss of `targets` at final-norm hidden `rows` (`[n, hidden]`), see
+    /// [`head_loss::nll_sum`](super::head_loss::nll_sum).
+    pub fn nll_sum(&self, rows: Tensor<2>, targets: &[u32]) -> Tensor<1> {
+        super::head_loss::nll_sum(rows, &self.head_weight(), targets)
     }
 }
 

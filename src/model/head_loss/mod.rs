@@ -1,0 +1,70 @@
+//! The output head and the training loss taken through it: summed next-token cross-entropy at
+//! chosen hidden rows.
+//!
+//! On the flex CPU backend a fused kernel ([`flex`]) computes the loss in vocabulary tiles with
+//! an online log-sum-exp, so the `[rows, vocab]` logits, their log-softmax and its gradient never
+//! exist in full: its backward pass recomputes each tile and writes `(softmax − onehot)·g` straight
+//! into the gradient of the hidden rows. Other backends (CUDA, CubeCL's CPU runtime), other dtypes
+//! and a head on the autodiff graph take the tensor-op path, [`nll_sum_reference`], which the
+//! fused kernel is tested against.
+
+mod flex;
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{DType, Int, Tensor, TensorData};
+
+/// The output head's weight, in the layout the model keeps it.
+#[derive(Clone, Debug)]
+pub enum HeadWeight {
+    /// Tied to the embeddings: `[vocab, hidden]`.
+    Tied(Tensor<2>),
+    /// A separate `lm_head` without bias, in burn's `Linear` layout: `[hidden, vocab]`.
+    Linear(Tensor<2>),
+}
+
+impl HeadWeight {
+    /// Logits of final-norm hidden rows: `[rows, hidden]` → `[rows, vocab]`, in the weight's
+    /// dtype.
+    pub fn logits(&self, rows: Tensor<2>) -> Tensor<2> {
+        match self {
+            HeadWeight::Linear(w) => rows.matmul(w.clone()),
+            // `E · xᵀ` keeps the large embedding matrix contiguous (`x · Eᵀ` would copy all of it
+            // on every call) and transposes only the small result.
+            HeadWeight::Tied(e) => e.clone().matmul(rows.transpose()).transpose(),
+        }
+    }
+
+    fn weight(&self) -> &Tensor<2> {
+        match self {
+            HeadWeight::Tied(w) | HeadWeight::Linear(w) => w,
+        }
+    }
+}
+
+/// Summed negative log-likelihood (a scalar `[1]`, f32) of `targets[i]` under the logits of
+/// `rows[i]`, `rows` being final-norm hidden states `[n, hidden]`. Differentiable in `rows`.
+/// Fused on flex (f32, a head off the autodiff graph), [`nll_sum_reference`] elsewhere.
+pub fn nll_sum(rows: Tensor<2>, head: &HeadWeight, targets: &[u32]) -> Tensor<1> {
+    assert_eq!(rows.dims()[0], targets.len(), "one target per row");
+    match nll_sum_fused(&rows, head, targets) {
+        Some(nll) => nll,
+        None => nll_sum_reference(rows, head, targets),
+    }
+}
+
+/// The fused kernel, or `None` when it does not apply to these tensors: another backend or
+/// dtype, a head weight on the autodiff graph, or a target outside the vocabulary.
+pub fn nll_sum_fused(rows: &Tensor<2>, head: &HeadWeight, targets: &[u32]) -> Option<Tensor<1>> {
+    flex::nll_sum(rows, head, targets)
+}
+
+/// [`nll_sum`] in tensor operations on any backend: the full `[n, vocab]` logits, taken in f32
+/// whatever the model's dtype (transformers upcasts the logits), and their log-softmax.
+pub fn nll_sum_reference(rows: Tensor<2>, head: &HeadWeight, targets: &[u32]) -> Tensor<1> {
+    let device = rows.device();
+    let n = targets.len();
+    let logits = head.logits(rows).cast(DType::F32);
+    let ids: Vec<i64> = targets.iter().map(|&t| i64::from(t)).collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [n, 1]), &device);
+    log_softmax(logits, 1).gather(1, ids).sum().neg()
+}
