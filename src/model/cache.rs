@@ -4,7 +4,7 @@ use burn::tensor::Tensor;
 
 /// Keys and values of every layer after rotary embedding, with KV heads not yet repeated
 /// (`[batch, kv_heads, seq, head_dim]`), so memory grows with KV heads, not query heads.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
 }
