@@ -1,10 +1,13 @@
 //! The transformer and the values that flow through its forward pass. Nothing here knows about
 //! files: loaders implement [`ParamSource`] to map a checkpoint onto the model.
 
+pub mod activation;
 pub mod cache;
 pub mod config;
+mod flex;
 pub mod head_loss;
 pub mod lora;
+pub mod masked_attention;
 pub mod rope;
 pub mod transformer;
 

@@ -2,18 +2,18 @@
 //! decoder layer, model, causal-LM head. Field names equal the Hugging Face checkpoint keys
 //! (`self_attn.q_proj`, `input_layernorm`, ...), so loaders need no rename table.
 
+use super::activation;
 use super::cache::KvCache;
 use super::config::ModelConfig;
 use super::lora::{Adapters, Target};
+use super::masked_attention;
 use super::rope::{self, Rope};
 use super::{transpose, Forward, ForwardInput, ForwardOutput, HeadWeight, LogitsFor, ParamSource};
 use anyhow::{ensure, Context, Result};
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear, RmsNorm};
-use burn::tensor::activation::silu;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use std::sync::Arc;
 
 #[derive(Module, Debug)]
 pub struct Mlp {
@@ -30,6 +30,10 @@ type BlockAdapters<'a> = Option<(&'a Adapters, usize)>;
 /// Mixed precision as PEFT does it: the adapter runs in its own dtype (f32), the base output is
 /// added to it in that dtype and the sum cast back to the base dtype.
 fn project(linear: &Linear, x: Tensor<3>, lora: BlockAdapters, target: Target) -> Tensor<3> {
+    let fused = lora.and_then(|(adapters, layer)| adapters.fused_linear(layer, target, linear, &x));
+    if let Some(y) = fused {
+        return y;
+    }
     let delta = lora.and_then(|(adapters, layer)| adapters.delta(layer, target, x.clone()));
     let y = linear.forward(x);
     match delta {
@@ -55,7 +59,12 @@ impl Mlp {
     fn forward(&self, x: Tensor<3>, lora: BlockAdapters) -> Tensor<3> {
         let gate = project(&self.gate_proj, x.clone(), lora, Target::Gate);
         let up = project(&self.up_proj, x, lora, Target::Up);
-        project(&self.down_proj, silu(gate) * up, lora, Target::Down)
+        project(
+            &self.down_proj,
+            activation::swiglu(gate, up),
+            lora,
+            Target::Down,
+        )
     }
 }
 
@@ -77,11 +86,11 @@ pub struct Attention {
 ///
 /// # Shapes
 /// - cos, sin: `[batch, 1, seq, head_dim]`, in the activations' dtype
-/// - mask: `[batch, heads, seq, cached + seq]`, true = masked out
+/// - masked: `[batch, seq, cached + seq]`, true = masked out
 struct PassTables {
     cos: Tensor<4>,
     sin: Tensor<4>,
-    mask: Tensor<4, Bool>,
+    masked: Arc<[bool]>,
 }
 
 /// What a pass carries for one block: the block's index, which is its slot in the KV cache and
@@ -131,27 +140,10 @@ impl Attention {
             Some(cache) => cache.append(block.layer, k, v),
             None => (k, v),
         };
-        let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: false,
-        };
-        let out = attention(q, k, v, Some(tables.mask.clone()), None, options);
+        let out = masked_attention::attention(q, k, v, &tables.masked);
         let out = out.swap_dims(1, 2).reshape([b, t, h * d]);
         project(&self.o_proj, out, lora, Target::O)
     }
-}
-
-/// Grouped-query attention: each KV head serves `groups` query heads.
-fn repeat_kv(x: Tensor<4>, groups: usize) -> Tensor<4> {
-    if groups == 1 {
-        return x;
-    }
-    let [b, kvh, t, d] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, kvh, groups, t, d])
-        .reshape([b, kvh * groups, t, d])
 }
 
 #[derive(Module, Debug)]
@@ -294,7 +286,7 @@ impl CausalLm {
         let tables = PassTables {
             cos: cos.cast(self.dtype()),
             sin: sin.cast(self.dtype()),
-            mask: attention_mask(input, past, self.config.num_heads, &device),
+            masked: attention_mask(input, past).into(),
         };
 
         let mut x = self.model.embed_tokens.forward(input.input_ids.clone());
@@ -351,15 +343,10 @@ impl CausalLm {
     }
 }
 
-/// Causal + padding mask, true where attention is forbidden. A query may always see itself so
-/// that no row is fully masked: fully masked rows give NaN in softmax, which then leaks through
-/// the padded keys of later layers.
-fn attention_mask(
-    input: &ForwardInput,
-    past: usize,
-    heads: usize,
-    device: &Device,
-) -> Tensor<4, Bool> {
+/// Causal + padding mask, true where attention is forbidden, `[batch, seq, cached + seq]`. A
+/// query may always see itself so that no row is fully masked: fully masked rows give NaN in
+/// softmax, which then leaks through the padded keys of later layers.
+fn attention_mask(input: &ForwardInput, past: usize) -> Vec<bool> {
     let [b, t] = input.input_ids.dims();
     let total = past + t;
     let mut data = Vec::with_capacity(b * t * total);
@@ -373,8 +360,7 @@ fn attention_mask(
             }
         }
     }
-    Tensor::<4, Bool>::from_data(TensorData::new(data, [b, 1, t, total]), device)
-        .expand([b, heads, t, total])
+    data
 }
 
 /// Reads parameters by their checkpoint names, scoped like candle's `VarBuilder`: a part of the

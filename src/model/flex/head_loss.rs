@@ -8,7 +8,8 @@
 //! does one more head matmul (the recomputation) and saves several passes over `[n, vocab]`
 //! buffers that do not fit in cache, and their allocation.
 
-use super::HeadWeight;
+use super::{is_flex, kernels, matmul, scalar, View};
+use crate::model::HeadWeight;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::{
     BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
@@ -16,8 +17,8 @@ use burn::backend::autodiff::checkpoint::strategy::{
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::{Autodiff, DispatchDevice, DispatchKindConversion, DispatchTensor, Flex};
-use burn::tensor::{DType, Device, GradientCheckpointingStrategy, Tensor, TensorData};
+use burn::backend::{Autodiff, DispatchKindConversion, DispatchTensor, Flex};
+use burn::tensor::{DType, GradientCheckpointingStrategy, Tensor, TensorData};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -32,7 +33,7 @@ const MIN_ROW_BLOCK: usize = 8;
 
 /// The fused loss, or `None` when these tensors are not for it (another backend or dtype, or a
 /// head whose weight is on the autodiff graph).
-pub(super) fn nll_sum(rows: &Tensor<2>, head: &HeadWeight, targets: &[u32]) -> Option<Tensor<1>> {
+pub(crate) fn nll_sum(rows: &Tensor<2>, head: &HeadWeight, targets: &[u32]) -> Option<Tensor<1>> {
     let weight = head.weight();
     let eligible = rows.dtype() == DType::F32
         && weight.dtype() == DType::F32
@@ -65,13 +66,6 @@ pub(super) fn nll_sum(rows: &Tensor<2>, head: &HeadWeight, targets: &[u32]) -> O
     }
 }
 
-fn is_flex(device: &Device) -> bool {
-    matches!(
-        device.clone().inner().as_dispatch(),
-        DispatchDevice::Flex(_)
-    )
-}
-
 /// The forward pass on the autodiff graph, with [`HeadLossBackward`] as its backward step.
 fn tracked<C: CheckpointStrategy>(
     rows: &Tensor<2>,
@@ -101,10 +95,6 @@ where
     Some(Tensor::from_primitive::<Autodiff<Flex, C>>(out))
 }
 
-fn scalar(value: f32) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(vec![value], [1]))
-}
-
 /// The head weight as the right-hand side of `hidden · W`: element `(k, v)` (hidden unit `k`,
 /// vocabulary entry `v`) at `k·k_stride + v·v_stride` of a contiguous buffer.
 #[derive(Clone, Debug)]
@@ -112,8 +102,8 @@ struct Head {
     weight: FlexTensor,
     hidden: usize,
     vocab: usize,
-    k_stride: isize,
-    v_stride: isize,
+    k_stride: usize,
+    v_stride: usize,
 }
 
 impl Head {
@@ -125,11 +115,7 @@ impl Head {
         } else {
             (dims[0], dims[1])
         };
-        let (k_stride, v_stride) = if tied {
-            (1, hidden as isize)
-        } else {
-            (vocab as isize, 1)
-        };
+        let (k_stride, v_stride) = if tied { (1, hidden) } else { (vocab, 1) };
         Self {
             weight,
             hidden,
@@ -139,8 +125,15 @@ impl Head {
         }
     }
 
-    fn values(&self) -> &[f32] {
-        self.weight.as_slice::<f32>().expect("contiguous f32")
+    /// `W[:, v0..v0 + width]`, `[hidden, width]`.
+    fn tile(&self, v0: usize, width: usize) -> View<'_> {
+        let values = self.weight.as_slice::<f32>().expect("contiguous f32");
+        View::new(
+            values,
+            v0 * self.v_stride,
+            [self.hidden, width],
+            [self.k_stride, self.v_stride],
+        )
     }
 }
 
@@ -260,174 +253,13 @@ fn backward_block(head: &Head, rows: &[f32], at: (&[u32], &[f32]), g: f32, out: 
 
 /// `tile = rows · W[:, v0..v0 + width]`, `[rows, width]` row-major.
 fn logits_tile(head: &Head, rows: &[f32], v0: usize, width: usize, tile: &mut [f32]) {
-    let (h, n) = (head.hidden, tile.len() / width);
-    debug_assert_eq!(rows.len(), n * h);
-    let w = &head.values()[v0 * head.v_stride as usize..];
-    // SAFETY: `tile` holds `n × width`, `rows` `n × h`, and `w` from vocabulary entry `v0` on
-    // holds `h × width` at the head's strides (`v0 + width ≤ vocab`).
-    unsafe {
-        gemm::gemm(
-            n,
-            width,
-            h,
-            tile.as_mut_ptr(),
-            1,
-            width as isize,
-            false,
-            rows.as_ptr(),
-            1,
-            h as isize,
-            w.as_ptr(),
-            head.v_stride,
-            head.k_stride,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    let n = tile.len() / width;
+    let rows = View::row_major(rows, n, head.hidden);
+    matmul(tile, rows, head.tile(v0, width), false, 1.0);
 }
 
 /// `out += tile · W[:, v0..v0 + width]ᵀ`, `out` being `[rows, hidden]` row-major.
 fn accumulate_hidden_grad(head: &Head, tile: &[f32], v0: usize, width: usize, out: &mut [f32]) {
-    let (h, n) = (head.hidden, tile.len() / width);
-    debug_assert_eq!(out.len(), n * h);
-    let w = &head.values()[v0 * head.v_stride as usize..];
-    // SAFETY: as in `logits_tile`, with `Wᵀ` read as `width × h` by swapping the strides.
-    unsafe {
-        gemm::gemm(
-            n,
-            h,
-            width,
-            out.as_mut_ptr(),
-            1,
-            h as isize,
-            true,
-            tile.as_ptr(),
-            1,
-            width as isize,
-            w.as_ptr(),
-            head.k_stride,
-            head.v_stride,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
-/// Row kernels over a tile, written so the compiler vectorizes them (16 independent lanes, a
-/// branch-free `exp`), and compiled for AVX2 as well where the CPU has it.
-mod kernels {
-    const LANES: usize = 16;
-
-    /// Public kernels, each calling its `_impl` body compiled for AVX2 when the CPU has it.
-    macro_rules! multiversion {
-        ($($(#[$doc:meta])* fn $name:ident($($a:ident: $t:ty),*) -> $r:ty = $imp:ident;)*) => {$(
-            $(#[$doc])*
-            pub fn $name($($a: $t),*) -> $r {
-                #[cfg(target_arch = "x86_64")]
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    #[target_feature(enable = "avx2")]
-                    unsafe fn avx2($($a: $t),*) -> $r {
-                        $imp($($a),*)
-                    }
-                    // SAFETY: the CPU has AVX2 (checked above).
-                    return unsafe { avx2($($a),*) };
-                }
-                $imp($($a),*)
-            }
-        )*};
-    }
-
-    multiversion! {
-        fn max(row: &[f32]) -> f32 = max_impl;
-        /// `Σ exp(x − m)`.
-        fn sum_exp(row: &[f32], m: f32) -> f32 = sum_exp_impl;
-        /// `x ← g · exp(x − lse)` in place.
-        fn scaled_softmax(row: &mut [f32], lse: f32, g: f32) -> () = scaled_softmax_impl;
-    }
-
-    #[inline(always)]
-    fn max_impl(row: &[f32]) -> f32 {
-        let mut acc = [f32::NEG_INFINITY; LANES];
-        let chunks = row.chunks_exact(LANES);
-        let rest = chunks.remainder();
-        for c in chunks {
-            for i in 0..LANES {
-                acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
-            }
-        }
-        let m = rest.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        acc.iter().fold(m, |a, &b| a.max(b))
-    }
-
-    #[inline(always)]
-    fn sum_exp_impl(row: &[f32], m: f32) -> f32 {
-        let mut acc = [0f32; LANES];
-        let chunks = row.chunks_exact(LANES);
-        let rest = chunks.remainder();
-        for c in chunks {
-            for i in 0..LANES {
-                acc[i] += exp(c[i] - m);
-            }
-        }
-        rest.iter().map(|&x| exp(x - m)).sum::<f32>() + acc.iter().sum::<f32>()
-    }
-
-    #[inline(always)]
-    fn scaled_softmax_impl(row: &mut [f32], lse: f32, g: f32) {
-        for x in row {
-            *x = g * exp(*x - lse);
-        }
-    }
-
-    /// `eˣ` for `x ≤ 0` (Cephes' `expf`: `2ⁿ·eʳ` with `|r| ≤ ln2/2` and a degree-6 polynomial,
-    /// within 2 ulp of the correctly rounded result); 0 below −87.
-    #[inline(always)]
-    pub(super) fn exp(x: f32) -> f32 {
-        const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer
-        let xc = x.max(-87.0);
-        let t = xc * std::f32::consts::LOG2_E + ROUND;
-        let n = t - ROUND;
-        let r = xc - n * 0.693_359_4 + n * 2.121_944_4e-4;
-        let p = 1.987_569_2e-4;
-        let p = p * r + 1.398_199_9e-3;
-        let p = p * r + 8.333_452e-3;
-        let p = p * r + 4.166_579_6e-2;
-        let p = p * r + 1.666_666_5e-1;
-        let p = p * r + 0.5;
-        let y = p * r * r + r + 1.0;
-        // n is the low bits of t's mantissa: 2ⁿ from them, exponent bias 127.
-        let bits = (t.to_bits() as i32 - ROUND.to_bits() as i32 + 127) << 23;
-        let e = y * f32::from_bits(bits as u32);
-        if x < -87.0 {
-            0.0
-        } else {
-            e
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::kernels::exp;
-
-    #[test]
-    fn exp_matches_std_within_two_ulp() {
-        let mut x = -87.0f32;
-        while x <= 0.0 {
-            let (got, want) = (exp(x), x.exp());
-            let ulp = (got.to_bits() as i64 - want.to_bits() as i64).abs();
-            assert!(ulp <= 2, "exp({x}) = {got}, std {want}");
-            x += 0.001_3;
-        }
-        assert_eq!(exp(-1000.0), 0.0);
-        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
-    }
+    let tile = View::row_major(tile, tile.len() / width, width);
+    matmul(out, tile, head.tile(v0, width).t(), true, 1.0);
 }

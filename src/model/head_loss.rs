@@ -1,15 +1,14 @@
 //! The output head and the training loss taken through it: summed next-token cross-entropy at
 //! chosen hidden rows.
 //!
-//! On the flex CPU backend a fused kernel ([`flex`]) computes the loss in vocabulary tiles with
+//! On the flex CPU backend a fused kernel ([`super::flex::head_loss`]) computes the loss in vocabulary tiles with
 //! an online log-sum-exp, so the `[rows, vocab]` logits, their log-softmax and its gradient never
 //! exist in full: its backward pass recomputes each tile and writes `(softmax − onehot)·g` straight
 //! into the gradient of the hidden rows. Other backends (CUDA, CubeCL's CPU runtime), other dtypes
 //! and a head on the autodiff graph take the tensor-op path, [`nll_sum_reference`], which the
 //! fused kernel is tested against.
 
-mod flex;
-
+use super::flex;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
@@ -34,7 +33,7 @@ impl HeadWeight {
         }
     }
 
-    fn weight(&self) -> &Tensor<2> {
+    pub(crate) fn weight(&self) -> &Tensor<2> {
         match self {
             HeadWeight::Tied(w) | HeadWeight::Linear(w) => w,
         }
@@ -55,7 +54,7 @@ pub fn nll_sum(rows: Tensor<2>, head: &HeadWeight, targets: &[u32]) -> Tensor<1>
 /// The fused kernel, or `None` when it does not apply to these tensors: another backend or
 /// dtype, a head weight on the autodiff graph, or a target outside the vocabulary.
 pub fn nll_sum_fused(rows: &Tensor<2>, head: &HeadWeight, targets: &[u32]) -> Option<Tensor<1>> {
-    flex::nll_sum(rows, head, targets)
+    flex::head_loss::nll_sum(rows, head, targets)
 }
 
 /// [`nll_sum`] in tensor operations on any backend: the full `[n, vocab]` logits, taken in f32
