@@ -2,11 +2,14 @@
 //!
 //! Rows are split into blocks, one rayon task each; a task walks the vocabulary in tiles: one
 //! `gemm` call gives the block's logits for the tile (small enough to stay in cache), and the
-//! online log-sum-exp folds it into each row's running maximum and sum. The backward pass walks
-//! the same tiles again, turns each into `g·(softmax − onehot)` in place and accumulates
-//! `tile · W_tileᵀ` into the block's rows of the hidden gradient. Against the tensor-op path this
-//! does one more head matmul (the recomputation) and saves several passes over `[n, vocab]`
-//! buffers that do not fit in cache, and their allocation.
+//! online log-sum-exp folds it into each row's running maximum `m` and sum. On the autodiff graph
+//! the same walk also gives the gradient, flash-attention style: the tile becomes `exp(l − m)` in
+//! place and `tile · W_tileᵀ` is accumulated into `[rows, hidden]`, rescaled by `exp(m_old − m)`
+//! whenever a row's maximum grows; at the end, divided by the sum and less the target's column of
+//! `W`, that is `(softmax − onehot)·Wᵀ`, and the backward pass only scales it by the loss's
+//! gradient. Two head matmuls in all, as the tensor-op path does (forward and backward), with no
+//! `[n, vocab]` buffer (that path has several, none of which fits in cache) and one `exp` per
+//! logit.
 
 use super::{is_flex, kernels, matmul, scalar, View};
 use crate::model::HeadWeight;
@@ -23,8 +26,9 @@ use rayon::prelude::*;
 use std::sync::Arc;
 
 /// Vocabulary entries per tile: a 256-row block's tile is 512 KiB, a quarter of an L2 cache.
-/// Measured on SmolLM2's head (2 cores, 1,020 rows): 2048 × 128 rows took 15% more CPU time
-/// than 512 × 256; 256 to 1024 entries with 256 or 512 rows were alike.
+/// Measured on SmolLM2's head (2 cores, 1,020 rows; with a backward pass that recomputed the
+/// tiles): 2048 × 128 rows took 15% more CPU time than 512 × 256; 256 to 1024 entries with 256
+/// or 512 rows were alike.
 const VOCAB_TILE: usize = 512;
 /// The most rows per task (fewer when that leaves a thread idle): each task packs every tile of
 /// the head weight for `gemm` once, so larger blocks pack less.
@@ -54,7 +58,7 @@ pub(crate) fn nll_sum(rows: &Tensor<2>, head: &HeadWeight, targets: &[u32]) -> O
     match rows.gradient_checkpointing_strategy() {
         None => {
             let hidden = rows.clone().try_into_primitive::<Flex>().ok()?;
-            let (loss, _) = forward(&Saved::new(hidden, head, targets));
+            let (loss, _) = forward(&Inputs::new(hidden, head, targets), false);
             Some(Tensor::from_primitive::<Flex>(scalar(loss)))
         }
         Some(GradientCheckpointingStrategy::Disabled) => {
@@ -79,18 +83,19 @@ where
         .clone()
         .try_into_primitive::<Autodiff<Flex, C>>()
         .ok()?;
-    let mut saved = Saved::new(rows.primitive().clone(), head, targets);
-    let (loss, lse) = forward(&saved);
+    let inputs = Inputs::new(rows.primitive().clone(), head, targets);
     let out = match HeadLossBackward
         .prepare::<C>([rows.node()])
         .compute_bound()
         .stateful()
     {
         OpsKind::Tracked(prep) => {
-            saved.lse = lse.into();
-            prep.finish(saved, scalar(loss))
+            let (loss, grad) = forward(&inputs, true);
+            let n = inputs.targets.len();
+            let grad = FlexTensor::from_data(TensorData::new(grad, [n, inputs.head.hidden]));
+            prep.finish(grad, scalar(loss))
         }
-        OpsKind::UnTracked(prep) => prep.finish(scalar(loss)),
+        OpsKind::UnTracked(prep) => prep.finish(scalar(forward(&inputs, false).0)),
     };
     Some(Tensor::from_primitive::<Autodiff<Flex, C>>(out))
 }
@@ -137,22 +142,19 @@ impl Head {
     }
 }
 
-/// What the backward pass needs: the inputs and each row's log-sum-exp.
-#[derive(Clone, Debug)]
-struct Saved {
+/// The hidden rows `[n, hidden]`, the head and the targets.
+struct Inputs {
     hidden: FlexTensor,
     head: Head,
     targets: Arc<[u32]>,
-    lse: Arc<[f32]>,
 }
 
-impl Saved {
+impl Inputs {
     fn new(hidden: FlexTensor, head: Head, targets: Arc<[u32]>) -> Self {
         Self {
             hidden: hidden.to_contiguous(),
             head,
             targets,
-            lse: Arc::from([]),
         }
     }
 
@@ -167,21 +169,29 @@ impl Saved {
     }
 }
 
-/// The summed loss and each row's log-sum-exp.
-fn forward(s: &Saved) -> (f32, Vec<f32>) {
-    let (h, block) = (s.head.hidden, s.row_block());
-    let parts: Vec<(f64, Vec<f32>)> = s
+/// The summed loss and, `with_grad`, `(softmax − onehot)·Wᵀ` (`[n, hidden]`; empty without).
+fn forward(s: &Inputs, with_grad: bool) -> (f32, Vec<f32>) {
+    let (n, h, block) = (s.targets.len(), s.head.hidden, s.row_block());
+    let mut grad = vec![0f32; if with_grad { n * h } else { 0 }];
+    let blocks = s
         .rows()
         .par_chunks(block * h)
-        .zip(s.targets.par_chunks(block))
-        .map(|(rows, targets)| forward_block(&s.head, rows, targets))
-        .collect();
-    let loss = parts.iter().map(|(l, _)| l).sum::<f64>() as f32;
-    (loss, parts.into_iter().flat_map(|(_, lse)| lse).collect())
+        .zip(s.targets.par_chunks(block));
+    let loss: f64 = match with_grad {
+        true => blocks
+            .zip(grad.par_chunks_mut(block * h))
+            .map(|((rows, targets), grad)| forward_block(&s.head, rows, targets, Some(grad)))
+            .sum(),
+        false => blocks
+            .map(|(rows, targets)| forward_block(&s.head, rows, targets, None))
+            .sum(),
+    };
+    (loss as f32, grad)
 }
 
-/// One block of rows: its summed loss and its rows' log-sum-exp.
-fn forward_block(head: &Head, rows: &[f32], targets: &[u32]) -> (f64, Vec<f32>) {
+/// One block of rows: its summed loss; with `grad` (`[rows, hidden]`, zeros), its rows of
+/// `(softmax − onehot)·Wᵀ` written there.
+fn forward_block(head: &Head, rows: &[f32], targets: &[u32], mut grad: Option<&mut [f32]>) -> f64 {
     let n = targets.len();
     let mut max = vec![f32::NEG_INFINITY; n];
     let mut sum = vec![0f32; n];
@@ -191,63 +201,68 @@ fn forward_block(head: &Head, rows: &[f32], targets: &[u32]) -> (f64, Vec<f32>) 
         let width = VOCAB_TILE.min(head.vocab - v0);
         let tile = &mut tile[..n * width];
         logits_tile(head, rows, v0, width, tile);
-        for (r, row) in tile.chunks_exact(width).enumerate() {
+        for (r, row) in tile.chunks_exact_mut(width).enumerate() {
             if let Some(i) = (targets[r] as usize).checked_sub(v0).filter(|&i| i < width) {
                 picked[r] = row[i];
             }
             let m = max[r].max(kernels::max(row));
-            sum[r] = sum[r] * (max[r] - m).exp() + kernels::sum_exp(row, m);
+            let rescale = (max[r] - m).exp();
+            sum[r] = sum[r] * rescale
+                + match &mut grad {
+                    Some(grad) => {
+                        if rescale != 1.0 {
+                            let h = head.hidden;
+                            grad[r * h..(r + 1) * h]
+                                .iter_mut()
+                                .for_each(|g| *g *= rescale);
+                        }
+                        kernels::exp_in_place(row, m)
+                    }
+                    None => kernels::sum_exp(row, m),
+                };
             max[r] = m;
         }
+        if let Some(grad) = &mut grad {
+            accumulate_hidden_grad(head, tile, v0, width, grad);
+        }
     }
-    let lse: Vec<f32> = max.iter().zip(&sum).map(|(m, s)| m + s.ln()).collect();
-    let loss = lse.iter().zip(&picked).map(|(l, p)| (l - p) as f64).sum();
-    (loss, lse)
+    if let Some(grad) = grad {
+        finish_grad(head, targets, &sum, grad);
+    }
+    let lse = max.iter().zip(&sum).map(|(m, s)| m + s.ln());
+    lse.zip(&picked).map(|(l, p)| (l - p) as f64).sum()
+}
+
+/// `Σ exp(l − m)·W_lᵀ` → `softmax·Wᵀ − W_targetᵀ`, row by row.
+fn finish_grad(head: &Head, targets: &[u32], sum: &[f32], grad: &mut [f32]) {
+    let values = head.weight.as_slice::<f32>().expect("contiguous f32");
+    for ((row, &t), &s) in grad.chunks_exact_mut(head.hidden).zip(targets).zip(sum) {
+        let inv = 1.0 / s;
+        for (k, g) in row.iter_mut().enumerate() {
+            *g = *g * inv - values[k * head.k_stride + t as usize * head.v_stride];
+        }
+    }
 }
 
 #[derive(Debug)]
 struct HeadLossBackward;
 
 impl Backward<Flex, 1> for HeadLossBackward {
-    type State = Saved;
+    /// `(softmax − onehot)·Wᵀ`, `[n, hidden]`.
+    type State = FlexTensor;
 
-    fn backward(self, ops: Ops<Saved, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [parent] = ops.parents;
         let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
         let Some(parent) = parent else { return };
         let g = grad.as_slice::<f32>().expect("an f32 loss gradient")[0];
-        grads.register::<Flex>(parent.id, hidden_grad(&ops.state, g));
-    }
-}
-
-/// `g · (softmax − onehot) · Wᵀ`, `[n, hidden]`: the gradient of `g · loss` in the hidden rows.
-fn hidden_grad(s: &Saved, g: f32) -> FlexTensor {
-    let (n, h, block) = (s.targets.len(), s.head.hidden, s.row_block());
-    let mut out = vec![0f32; n * h];
-    out.par_chunks_mut(block * h)
-        .zip(s.rows().par_chunks(block * h))
-        .zip(s.targets.par_chunks(block).zip(s.lse.par_chunks(block)))
-        .for_each(|((out, rows), (targets, lse))| {
-            backward_block(&s.head, rows, (targets, lse), g, out)
-        });
-    FlexTensor::from_data(TensorData::new(out, [n, h]))
-}
-
-fn backward_block(head: &Head, rows: &[f32], at: (&[u32], &[f32]), g: f32, out: &mut [f32]) {
-    let (targets, lse) = at;
-    let n = targets.len();
-    let mut tile = vec![0f32; n * VOCAB_TILE];
-    for v0 in (0..head.vocab).step_by(VOCAB_TILE) {
-        let width = VOCAB_TILE.min(head.vocab - v0);
-        let tile = &mut tile[..n * width];
-        logits_tile(head, rows, v0, width, tile);
-        for (r, row) in tile.chunks_exact_mut(width).enumerate() {
-            kernels::scaled_softmax(row, lse[r], g);
-            if let Some(i) = (targets[r] as usize).checked_sub(v0).filter(|&i| i < width) {
-                row[i] -= g;
-            }
-        }
-        accumulate_hidden_grad(head, tile, v0, width, out);
+        let unit = ops.state.as_slice::<f32>().expect("contiguous f32");
+        let scaled: Vec<f32> = unit.iter().map(|x| x * g).collect();
+        let shape = ops.state.layout().shape().clone();
+        grads.register::<Flex>(
+            parent.id,
+            FlexTensor::from_data(TensorData::new(scaled, shape)),
+        );
     }
 }
 

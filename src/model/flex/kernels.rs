@@ -26,6 +26,8 @@ multiversion! {
     fn max(row: &[f32]) -> f32 = max_impl;
     /// `Σ exp(x − m)`.
     fn sum_exp(row: &[f32], m: f32) -> f32 = sum_exp_impl;
+    /// `x ← exp(x − m)` in place; returns `Σ exp(x − m)`.
+    fn exp_in_place(row: &mut [f32], m: f32) -> f32 = exp_in_place_impl;
     /// `x ← g · exp(x − lse)` in place.
     fn scaled_softmax(row: &mut [f32], lse: f32, g: f32) -> () = scaled_softmax_impl;
     /// `x ← softmax(x)` in place (−∞ entries get 0); returns the log-sum-exp, `+∞` for a row
@@ -91,19 +93,7 @@ fn sum_exp_impl(row: &[f32], m: f32) -> f32 {
 }
 
 #[inline(always)]
-fn scaled_softmax_impl(row: &mut [f32], lse: f32, g: f32) {
-    for x in row {
-        *x = g * exp(*x - lse);
-    }
-}
-
-#[inline(always)]
-fn softmax_impl(row: &mut [f32]) -> f32 {
-    let m = max_impl(row);
-    if m == f32::NEG_INFINITY {
-        row.fill(0.0);
-        return f32::INFINITY;
-    }
+fn exp_in_place_impl(row: &mut [f32], m: f32) -> f32 {
     let mut acc = [0f32; LANES];
     let mut chunks = row.chunks_exact_mut(LANES);
     for c in &mut chunks {
@@ -117,6 +107,24 @@ fn softmax_impl(row: &mut [f32]) -> f32 {
         *x = exp(*x - m);
         sum += *x;
     }
+    sum
+}
+
+#[inline(always)]
+fn scaled_softmax_impl(row: &mut [f32], lse: f32, g: f32) {
+    for x in row {
+        *x = g * exp(*x - lse);
+    }
+}
+
+#[inline(always)]
+fn softmax_impl(row: &mut [f32]) -> f32 {
+    let m = max_impl(row);
+    if m == f32::NEG_INFINITY {
+        row.fill(0.0);
+        return f32::INFINITY;
+    }
+    let sum = exp_in_place_impl(row, m);
     let inv = 1.0 / sum;
     for x in row.iter_mut() {
         *x *= inv;
