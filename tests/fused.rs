@@ -150,6 +150,20 @@ fn fused_loss_without_autodiff_matches() {
 }
 
 #[test]
+fn head_logits_equal_the_matrix_product() {
+    let device = Device::flex();
+    let rows = matrix(ROWS, HIDDEN, 3, 2.0, &device);
+    for (name, head) in heads(&device) {
+        let want = match &head {
+            HeadWeight::Tied(e) => rows.clone().matmul(e.clone().transpose()),
+            HeadWeight::Linear(w) => rows.clone().matmul(w.clone()),
+        };
+        let err = rel_err(&vec2(head.logits(rows.clone())), &vec2(want));
+        assert!(err < 1e-6, "{name}: rel err {err}");
+    }
+}
+
+#[test]
 fn other_dtypes_and_trained_heads_take_the_tensor_op_path() {
     let device = Device::flex();
     let targets = targets();

@@ -23,8 +23,11 @@ pub enum HeadWeight {
 
 impl HeadWeight {
     /// Logits of final-norm hidden rows: `[rows, hidden]` → `[rows, vocab]`, in the weight's
-    /// dtype.
+    /// dtype. On flex (f32, off the autodiff graph) one matrix product writes them in place.
     pub fn logits(&self, rows: Tensor<2>) -> Tensor<2> {
+        if let Some(logits) = flex::head_loss::logits(&rows, self) {
+            return logits;
+        }
         match self {
             HeadWeight::Linear(w) => rows.matmul(w.clone()),
             // `E · xᵀ` keeps the large embedding matrix contiguous (`x · Eᵀ` would copy all of it

@@ -11,7 +11,7 @@
 //! `[n, vocab]` buffer (that path has several, none of which fits in cache) and one `exp` per
 //! logit.
 
-use super::{is_flex, kernels, matmul, scalar, View};
+use super::{is_flex, kernels, matmul, matmul_par, scalar, View};
 use crate::model::HeadWeight;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::{
@@ -35,22 +35,43 @@ const VOCAB_TILE: usize = 512;
 const MAX_ROW_BLOCK: usize = 256;
 const MIN_ROW_BLOCK: usize = 8;
 
-/// The fused loss, or `None` when these tensors are not for it (another backend or dtype, or a
-/// head whose weight is on the autodiff graph).
-pub(crate) fn nll_sum(rows: &Tensor<2>, head: &HeadWeight, targets: &[u32]) -> Option<Tensor<1>> {
+/// The head's weight for the fused kernels: f32 on flex and off the autodiff graph, as `rows`.
+fn flex_head(rows: &Tensor<2>, head: &HeadWeight) -> Option<Head> {
     let weight = head.weight();
     let eligible = rows.dtype() == DType::F32
         && weight.dtype() == DType::F32
         && !weight.is_autodiff()
         && is_flex(&rows.device())
         && is_flex(&weight.device());
-    if !eligible {
+    let weight = weight.clone().try_into_primitive::<Flex>().ok()?;
+    eligible.then(|| Head::new(weight, matches!(head, HeadWeight::Tied(_))))
+}
+
+/// The logits `[n, vocab]` of `rows` off the autodiff graph, written by one matrix product in
+/// place (the tensor-op path transposes a tied head's `[vocab, n]` result into a copy), or `None`
+/// when these tensors are not for it.
+pub(crate) fn logits(rows: &Tensor<2>, head: &HeadWeight) -> Option<Tensor<2>> {
+    if rows.is_autodiff() {
         return None;
     }
-    let head = Head::new(
-        weight.clone().try_into_primitive::<Flex>().ok()?,
-        matches!(head, HeadWeight::Tied(_)),
-    );
+    let head = flex_head(rows, head)?;
+    let hidden = rows
+        .clone()
+        .try_into_primitive::<Flex>()
+        .ok()?
+        .to_contiguous();
+    let n = hidden.layout().shape()[0];
+    let rows = View::row_major(hidden.as_slice::<f32>()?, n, head.hidden);
+    let mut out = vec![0f32; n * head.vocab];
+    matmul_par(&mut out, rows, head.tile(0, head.vocab), false, 1.0);
+    let out = FlexTensor::from_data(TensorData::new(out, [n, head.vocab]));
+    Some(Tensor::from_primitive::<Flex>(out))
+}
+
+/// The fused loss, or `None` when these tensors are not for it (another backend or dtype, or a
+/// head whose weight is on the autodiff graph).
+pub(crate) fn nll_sum(rows: &Tensor<2>, head: &HeadWeight, targets: &[u32]) -> Option<Tensor<1>> {
+    let head = flex_head(rows, head)?;
     if targets.iter().any(|&t| t as usize >= head.vocab) {
         return None; // the tensor-op path reports it
     }
