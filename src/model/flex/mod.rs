@@ -96,6 +96,16 @@ impl<'a> View<'a> {
         Self::new(data, 0, [rows, cols], [cols, 1])
     }
 
+    /// Rows `start..start + count`.
+    fn rows(self, start: usize, count: usize) -> Self {
+        assert!(start + count <= self.rows, "rows out of range");
+        Self {
+            offset: self.offset + start * self.rs,
+            rows: count,
+            ..self
+        }
+    }
+
     fn t(self) -> Self {
         Self {
             rows: self.cols,
