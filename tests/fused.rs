@@ -7,6 +7,7 @@
 //! - the gated MLP activation `silu(gate)·up` and its gradients;
 //! - a frozen linear layer with its LoRA adapter: the output and the gradients in x, A and B,
 //!   with and without bias, x on or off the autodiff graph;
+//! - RMSNorm with a frozen scale, and its gradient;
 //!
 //! each with and without gradient checkpointing and without autodiff. The model's goldens
 //! (tests/golden_tiny.rs, tests/training.rs) check them against transformers and PEFT as well.
@@ -16,6 +17,7 @@ use persona_train::model::activation::{swiglu_fused, swiglu_reference};
 use persona_train::model::head_loss::{nll_sum, nll_sum_fused, nll_sum_reference, HeadWeight};
 use persona_train::model::lora::{linear_fused, LoraLinear};
 use persona_train::model::masked_attention::{attention_fused, attention_reference};
+use persona_train::model::norm::rms_norm_fused;
 use std::sync::Arc;
 
 // ---------------------------------------------------------------------------------------------
@@ -519,6 +521,60 @@ fn fused_lora_linear_and_gradients_match_the_tensor_ops() {
                     "bias {bias} x tracked {x_tracked}: {name} rel err {err}"
                 );
             }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm
+// ---------------------------------------------------------------------------------------------
+
+fn norm_and_grad(fused: bool, strategy: GradientCheckpointingStrategy) -> Vec<Vec<f32>> {
+    let device = Device::flex();
+    let n = 72;
+    let norm = burn::nn::RmsNorm {
+        gamma: burn::module::Param::from_tensor(Tensor::<1>::from_data(
+            TensorData::new(values(n, 31, 2.0), [n]),
+            &device,
+        )),
+        epsilon: 1e-5,
+    };
+    let x = Tensor::<3>::from_data(
+        TensorData::new(values(3 * 5 * n, 32, 3.0), [3, 5, n]),
+        &device,
+    )
+    .autodiff()
+    .with_gradient_checkpointing_strategy(strategy)
+    .require_grad();
+    let y = match fused {
+        true => rms_norm_fused(&norm, &x).expect("the fused path applies"),
+        false => norm.forward(x.clone()),
+    };
+    let w = Tensor::<3>::from_data(
+        TensorData::new(values(3 * 5 * n, 33, 1.0), [3, 5, n]),
+        &device,
+    );
+    let grads = (y.clone() * w).sum().backward();
+    let flat = |t: Tensor<3>| {
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
+    };
+    vec![flat(y.inner()), flat(x.grad(&grads).expect("x gradient"))]
+}
+
+#[test]
+fn fused_rms_norm_and_gradient_match_burn() {
+    for strategy in [
+        GradientCheckpointingStrategy::Disabled,
+        GradientCheckpointingStrategy::Balanced,
+    ] {
+        let fused = norm_and_grad(true, strategy);
+        let reference = norm_and_grad(false, strategy);
+        for (name, (a, b)) in ["output", "dx"].iter().zip(fused.iter().zip(&reference)) {
+            let err = rel_err(a, b);
+            assert!(err < 1e-6, "{strategy:?}: {name} rel err {err}");
         }
     }
 }

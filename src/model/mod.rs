@@ -8,6 +8,7 @@ mod flex;
 pub mod head_loss;
 pub mod lora;
 pub mod masked_attention;
+pub mod norm;
 pub mod rope;
 pub mod transformer;
 

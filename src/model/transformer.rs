@@ -7,6 +7,7 @@ use super::cache::KvCache;
 use super::config::ModelConfig;
 use super::lora::{Adapters, Target};
 use super::masked_attention;
+use super::norm;
 use super::rope::{self, Rope};
 use super::{transpose, Forward, ForwardInput, ForwardOutput, HeadWeight, LogitsFor, ParamSource};
 use anyhow::{ensure, Context, Result};
@@ -167,9 +168,9 @@ impl DecoderLayer {
 
     /// Attention then MLP, each pre-normed and added to the residual stream.
     fn forward(&self, x: Tensor<3>, tables: &PassTables, mut block: BlockPass) -> Tensor<3> {
-        let normed = self.input_layernorm.forward(x.clone());
+        let normed = norm::rms_norm(&self.input_layernorm, x.clone());
         let x = x + self.self_attn.forward(normed, tables, &mut block);
-        let normed = self.post_attention_layernorm.forward(x.clone());
+        let normed = norm::rms_norm(&self.post_attention_layernorm, x.clone());
         x + self.mlp.forward(normed, block.lora())
     }
 }
@@ -305,7 +306,7 @@ impl CausalLm {
                 x = iv.apply(i, x);
             }
         }
-        let x = self.model.norm.forward(x);
+        let x = norm::rms_norm(&self.model.norm, x);
         if output_hidden_states {
             hidden_states.push(x.clone());
         }

@@ -37,10 +37,33 @@ multiversion! {
     fn softmax_grad(p: &[f32], dp: &mut [f32], d: f32, scale: f32) -> () = softmax_grad_impl;
     /// `Σ a·b`.
     fn dot(a: &[f32], b: &[f32]) -> f32 = dot_impl;
+    /// `y = x / rms · γ`.
+    fn rms_scale(x: &[f32], gamma: &[f32], rms: f32, y: &mut [f32]) -> () = rms_scale_impl;
+    /// `dx = (dy·γ − x·Σ(dy·γ·x)/(n·rms²)) / rms`, the RMSNorm backward pass of one row.
+    fn rms_norm_grad(dy: &[f32], x: &[f32], gamma: &[f32], rms: f32, dx: &mut [f32]) -> () = rms_norm_grad_impl;
     /// `out = silu(gate)·up`.
     fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) -> () = swiglu_impl;
     /// The gradients of `silu(gate)·up` given the output's, `g`.
     fn swiglu_grad(g: &[f32], gate: &[f32], up: &[f32], d_gate: &mut [f32], d_up: &mut [f32]) -> () = swiglu_grad_impl;
+}
+
+#[inline(always)]
+fn rms_scale_impl(x: &[f32], gamma: &[f32], rms: f32, y: &mut [f32]) {
+    for ((y, &x), &g) in y.iter_mut().zip(x).zip(gamma) {
+        *y = x / rms * g;
+    }
+}
+
+#[inline(always)]
+fn rms_norm_grad_impl(dy: &[f32], x: &[f32], gamma: &[f32], rms: f32, dx: &mut [f32]) {
+    for ((dx, &dy), &g) in dx.iter_mut().zip(dy).zip(gamma) {
+        *dx = dy * g;
+    }
+    let s = dot_impl(dx, x);
+    let k = s / (x.len() as f32 * rms * rms);
+    for (dx, &x) in dx.iter_mut().zip(x) {
+        *dx = (*dx - x * k) / rms;
+    }
 }
 
 #[inline(always)]
