@@ -198,16 +198,17 @@ fn forward(s: &Inputs, with_grad: bool) -> (f32, Vec<f32>) {
         .rows()
         .par_chunks(block * h)
         .zip(s.targets.par_chunks(block));
-    let loss: f64 = match with_grad {
+    // Collected in block order and summed in it, so the loss does not depend on scheduling.
+    let losses: Vec<f64> = match with_grad {
         true => blocks
             .zip(grad.par_chunks_mut(block * h))
             .map(|((rows, targets), grad)| forward_block(&s.head, rows, targets, Some(grad)))
-            .sum(),
+            .collect(),
         false => blocks
             .map(|(rows, targets)| forward_block(&s.head, rows, targets, None))
-            .sum(),
+            .collect(),
     };
-    (loss as f32, grad)
+    (losses.iter().sum::<f64>() as f32, grad)
 }
 
 /// One block of rows: its summed loss; with `grad` (`[rows, hidden]`, zeros), its rows of
