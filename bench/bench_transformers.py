@@ -3,6 +3,11 @@
 dequantized to float32 by transformers), CPU, torch threads = all cores.
 
     python bench/bench_transformers.py [--smollm2 PATH.gguf|PATH.whl] [--runs 3] [--threads N]
+                                       [--prefill-only] [--json]
+
+--json prints one JSON line (the keys of `cargo run --release --example bench_engine`, which
+`bench/compare.sh prefill` runs beside it) instead of the markdown report; --prefill-only skips
+the decode measurement.
 
 Run it on an otherwise idle machine: it prints the 1-minute load average before and after the timed
 part, and with 2 cores shared with e.g. a cargo build the numbers (decode above all: torch's
@@ -62,6 +67,32 @@ def timed(fn, runs: int) -> tuple[float, float]:
     return statistics.median(times), min(times)
 
 
+def decode(model, x, args, rows) -> float:
+    """Appends the greedy decode row to `rows`; returns t(generate 1 token)."""
+    import torch
+    from transformers import GenerationConfig
+
+    P, N = args.prompt_len, args.new_tokens
+    mask = torch.ones_like(x)
+
+    def gen(n: int):
+        gc = GenerationConfig(
+            do_sample=False, max_new_tokens=n, min_new_tokens=n, eos_token_id=None, pad_token_id=0, use_cache=True
+        )
+
+        def run():
+            with torch.inference_mode():
+                out = model.generate(input_ids=x, attention_mask=mask, generation_config=gc)
+            assert out.shape[1] == P + n, out.shape
+
+        return run
+
+    t1, t1_best = timed(gen(1), args.runs)
+    tn, tn_best = timed(gen(N), args.runs)
+    rows.append((f"greedy decode b1 ({P} prompt, {N} new)", tn, (N - 1) / (tn - t1), (N - 1) / (tn_best - t1_best)))
+    return t1
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smollm2", metavar="PATH")
@@ -69,11 +100,15 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
+    ap.add_argument("--prefill-only", action="store_true", help="skip the decode measurement")
+    ap.add_argument("--json", action="store_true", help="one JSON line instead of the markdown report")
     args = ap.parse_args()
+
+    import json
 
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers import AutoModelForCausalLM
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(args.threads)
@@ -103,24 +138,24 @@ def main() -> None:
         med, best = timed(prefill, args.runs)
         rows.append((f"prefill b{batch} x {P}", med, batch * P / med, batch * P / best))
 
-    x = ids(1)
-    mask = torch.ones_like(x)
+    if args.prefill_only:
+        t1 = None
+    else:
+        t1 = decode(model, ids(1), args, rows)
 
-    def gen(n: int):
-        gc = GenerationConfig(
-            do_sample=False, max_new_tokens=n, min_new_tokens=n, eos_token_id=None, pad_token_id=0, use_cache=True
-        )
-
-        def run():
-            with torch.inference_mode():
-                out = model.generate(input_ids=x, attention_mask=mask, generation_config=gc)
-            assert out.shape[1] == P + n, out.shape
-
-        return run
-
-    t1, t1_best = timed(gen(1), args.runs)
-    tn, tn_best = timed(gen(N), args.runs)
-    rows.append((f"greedy decode b1 ({P} prompt, {N} new)", tn, (N - 1) / (tn - t1), (N - 1) / (tn_best - t1_best)))
+    if args.json:
+        print(json.dumps({
+            "bench": "transformers_engine",
+            "load_s": round(load_s, 1),
+            "prefill_b1_tokens_per_s": round(rows[0][2], 1),
+            "prefill_b8_tokens_per_s": round(rows[1][2], 1),
+            "decode_tokens_per_s": round(rows[2][2], 1) if t1 is not None else None,
+            "peak_rss_mb": round(peak_rss_mb()),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "load_avg_before": round(load_before, 2),
+        }))
+        return
 
     print("## transformers baseline: SmolLM2-135M-Instruct (Q4_1 GGUF -> f32), CPU")
     print()
@@ -129,8 +164,10 @@ def main() -> None:
           " (anything well above 0 means other processes competed for the cores)")
     print(f"- python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}")
     print(f"- model load (GGUF dequantize to f32): {load_s:.1f} s; peak RSS after load {rss_load:.0f} MB")
-    print(f"- median of {args.runs} runs after 1 warmup; decode rate excludes prefill + first token "
-          f"(({N}-1) / (t_gen{N} - t_gen1)), t_gen1 = {t1:.3f} s")
+    decode_note = "no decode (--prefill-only)" if t1 is None else (
+        f"decode rate excludes prefill + first token (({N}-1) / (t_gen{N} - t_gen1)), t_gen1 = {t1:.3f} s"
+    )
+    print(f"- median of {args.runs} runs after 1 warmup; {decode_note}")
     print()
     print("| measurement | median time (s) | tokens/s (median) | tokens/s (best run) |")
     print("|---|---:|---:|---:|")

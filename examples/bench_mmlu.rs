@@ -3,7 +3,9 @@
 //! tests/fixtures/mmlu/golden.json, 0-shot, per batch size one timed `mmlu::evaluate` (prompt
 //! building, tokenization, forward passes, scoring; not the model load) after a warmup on the
 //! longest prompts.
-//! `cargo run --release --example bench_mmlu [-- --device cpu|cuda] [--batch 1,8]`.
+//! `cargo run --release --example bench_mmlu [-- --device cpu|cuda] [--batch 1,8] [--questions N]`
+//! (`--questions N`: the first N only). Readable lines go to stderr, one JSON line to stdout
+//! (`bench/compare.sh mmlu` runs it beside `bench/bench_mmlu.py --json`).
 
 use burn::tensor::DType;
 use persona_train::eval::mmlu::{self, MmluConfig, Question};
@@ -41,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         .unwrap()
         .iter()
         .map(|g| by_line[&g["line"].to_string()].clone())
+        .take(arg(&args, "--questions", "200").parse()?)
         .collect();
     let tokens: usize = questions
         .iter()
@@ -50,11 +53,17 @@ fn main() -> anyhow::Result<()> {
                 .map(|t| t.len())
         })
         .sum::<anyhow::Result<usize>>()?;
-    println!(
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut result = serde_json::json!({
+        "bench": "persona_train_mmlu",
+        "questions": questions.len(),
+        "threads": threads,
+    });
+    eprintln!(
         "{} questions, {tokens} prompt tokens (mean {:.0}); {} rayon threads",
         questions.len(),
         tokens as f64 / questions.len() as f64,
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        threads
     );
 
     for batch in arg(&args, "--batch", "1,8").split(',') {
@@ -69,13 +78,18 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let report = mmlu::evaluate(Lm::new(&m.model), &m.tokenizer, &questions, None, &cfg)?;
         let secs = t.elapsed().as_secs_f64();
-        println!(
+        let per_s = questions.len() as f64 / secs;
+        result[format!("batch_{batch}_questions_per_s")] =
+            ((per_s * 1000.0).round() / 1000.0).into();
+        result[format!("batch_{batch}_accuracy")] = report.micro.into();
+        eprintln!(
             "persona-train batch {batch}: {:.2} questions/s, {:.0} prompt tokens/s ({secs:.1} s); \
              accuracy {:.3}",
-            questions.len() as f64 / secs,
+            per_s,
             tokens as f64 / secs,
             report.micro
         );
     }
+    println!("{result}");
     Ok(())
 }

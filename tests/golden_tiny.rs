@@ -317,6 +317,51 @@ fn check_kv_cache(name: &str) {
     assert!(err < 1e-5, "{name}: cached vs full rel err {err}");
 }
 
+/// Continuations scored after one shared, cached prompt (batched, padded, in several batches)
+/// get the log-likelihoods of full passes over prompt + continuation.
+#[test]
+fn shared_prefix_logprobs_equal_full_passes() {
+    let (model, g) = load("tiny-llama");
+    let ids: Vec<u32> = g
+        .i64("single_input_ids")
+        .1
+        .iter()
+        .map(|&i| i as u32)
+        .collect();
+    let device = model.device();
+    let vocab = model.config().vocab_size;
+    let prefix = ids[..6].to_vec();
+    let continuations = vec![ids[6..9].to_vec(), vec![ids[2]], ids[3..8].to_vec()];
+    let got = persona_train::eval::loglik::shared_prefix_logprobs(
+        Lm::new(&model),
+        &prefix,
+        &continuations,
+        2,
+    )
+    .unwrap();
+    for (k, cont) in continuations.iter().enumerate() {
+        let seq = [prefix.as_slice(), cont].concat();
+        let logits = model
+            .forward(
+                &ForwardInput::dense(std::slice::from_ref(&seq), 0, &device),
+                Forward::logits(LogitsFor::All),
+            )
+            .unwrap()
+            .logits
+            .unwrap();
+        let lp = to_vec(burn::tensor::activation::log_softmax(logits, 2));
+        let want: f32 = (prefix.len()..seq.len())
+            .map(|i| lp[(i - 1) * vocab + seq[i] as usize])
+            .sum();
+        assert_eq!(got[k].1, cont.len());
+        assert!(
+            (got[k].0 - want).abs() < 1e-4,
+            "continuation {k}: {} vs full pass {want}",
+            got[k].0
+        );
+    }
+}
+
 /// Extraction's activation averages and difference of means equal transformers' on the same
 /// token sequences (`tests/fixtures/golden_extraction.py`).
 #[test]

@@ -32,12 +32,13 @@
 //!
 //! Every letter or word read at the next token ("A", "B", "Yes", "No") must be a single token of
 //! the tokenizer, or evaluation stops with an error. Scoring goes through
-//! [`next_token_logprobs`] and [`continuation_logprobs`], with adapters when given (no steering).
+//! [`next_token_logprobs`] and [`shared_prefix_logprobs`], with adapters when given (no steering).
 //!
-//! Cost: one forward pass per A/B or yes/no item (the prompt), one per distinct answer of a
-//! TruthfulQA question (the ~165-token six-shot prompt included, so ~190 tokens each, ~11 answers
-//! per question). On 2 busy CPU cores with SmolLM2-135M that was ~1.1 s per CAA A/B item, ~0.25 s
-//! per yes/no item and ~11 s per TruthfulQA question: use `limit` to keep TruthfulQA small.
+//! Cost: one forward pass per A/B or yes/no item (the prompt); per TruthfulQA question, one pass
+//! over the ~190-token prompt (the ~165-token six-shot primer included), whose keys and values
+//! then serve its ~11 distinct answers, batched. On 2 busy CPU cores with SmolLM2-135M that was
+//! ~1.1 s per CAA A/B item, ~0.25 s per yes/no item and ~1.7 s per TruthfulQA question (~10 s
+//! when each answer recomputed the prompt).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -49,7 +50,7 @@ use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-use super::loglik::{continuation_logprobs, next_token_logprobs};
+use super::loglik::{next_token_logprobs, shared_prefix_logprobs};
 use crate::lm::Lm;
 use crate::tokenizer::{ChatMessage, Tokenizer};
 
@@ -624,43 +625,29 @@ fn score_truthfulqa(
     items: &[McItem],
     batch_size: usize,
 ) -> Result<Vec<ItemScore>> {
-    // Each distinct answer of a question is scored once (mc1's answers are mostly among mc2's).
-    let mut pairs = Vec::new();
-    let mut answer_slots: Vec<HashMap<&str, usize>> = Vec::with_capacity(items.len());
-    for it in items {
-        let prefix = tokenizer.encode(&truthfulqa_prompt(&it.question), true)?;
-        let mut slots = HashMap::new();
+    let mut scores = Vec::with_capacity(items.len());
+    for (index, it) in items.iter().enumerate() {
+        // Each distinct answer is scored once (mc1's answers are mostly among mc2's), after the
+        // question's prompt, which runs once for all of them.
+        let mut slots: HashMap<&str, usize> = HashMap::new();
+        let mut continuations = Vec::new();
         for choice in it.mc1.iter().chain(&it.mc2) {
             if !slots.contains_key(choice.answer.as_str()) {
-                slots.insert(choice.answer.as_str(), pairs.len());
-                let cont = tokenizer.encode(&format!(" {}", choice.answer), false)?;
-                pairs.push((prefix.clone(), cont));
+                slots.insert(choice.answer.as_str(), continuations.len());
+                continuations.push(tokenizer.encode(&format!(" {}", choice.answer), false)?);
             }
         }
-        answer_slots.push(slots);
+        let prefix = tokenizer.encode(&truthfulqa_prompt(&it.question), true)?;
+        let logliks = shared_prefix_logprobs(lm, &prefix, &continuations, batch_size)?;
+        let lls = |choices: &[McChoice]| -> Vec<f64> {
+            choices
+                .iter()
+                .map(|c| logliks[slots[c.answer.as_str()]].0 as f64)
+                .collect()
+        };
+        scores.push(mc_score(index, it, lls(&it.mc1), lls(&it.mc2)));
     }
-    let mut logliks = Vec::with_capacity(pairs.len());
-    for chunk in pairs.chunks(batch_size) {
-        logliks.extend(
-            continuation_logprobs(lm, chunk, batch_size)?
-                .into_iter()
-                .map(|(ll, _)| ll as f64),
-        );
-    }
-    Ok(items
-        .iter()
-        .zip(&answer_slots)
-        .enumerate()
-        .map(|(index, (it, slots))| {
-            let lls = |choices: &[McChoice]| -> Vec<f64> {
-                choices
-                    .iter()
-                    .map(|c| logliks[slots[c.answer.as_str()]])
-                    .collect()
-            };
-            mc_score(index, it, lls(&it.mc1), lls(&it.mc2))
-        })
-        .collect())
+    Ok(scores)
 }
 
 /// MC1 and MC2 of one question from the log-likelihoods of its mc1 and mc2 answers.

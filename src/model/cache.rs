@@ -10,7 +10,7 @@ use burn::tensor::Tensor;
 /// layer. A global layer keeps all [`KvCache::len`] columns; a local (sliding-window) layer
 /// keeps only the newest `window - 1`, all that a later query can see, so its memory stays
 /// bounded however long the sequence grows.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
     /// Per layer, the most columns it keeps (`None`: all; at least 1, so no tensor is empty).

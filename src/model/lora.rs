@@ -274,6 +274,53 @@ impl Adapters {
     }
 }
 
+/// A frozen linear layer with a LoRA adapter: `y = x·W (+ bias) + s·(x·A)·B`.
+pub struct LoraLinear<'a> {
+    /// `[in, out]`
+    pub weight: &'a Tensor<2>,
+    /// `[out]`
+    pub bias: Option<&'a Tensor<1>>,
+    /// `[in, r]`
+    pub a: &'a Tensor<2>,
+    /// `[r, out]`
+    pub b: &'a Tensor<2>,
+    pub scale: f32,
+}
+
+/// `layer` applied to `x` (`[batch, seq, in]`) by the fused kernel of the flex backend (f32, a
+/// frozen weight), forward and backward in a few matrix products without the adapter's own
+/// output, scaling and sum as separate passes; `None` when it does not apply, and the caller
+/// computes `x·W + b` and [`Adapters::delta`] apart.
+pub fn linear_fused(x: &Tensor<3>, layer: &LoraLinear) -> Option<Tensor<3>> {
+    super::flex::lora::project(x, layer)
+}
+
+impl Adapters {
+    /// `linear` with the adapter on (`layer`, `target`) through [`linear_fused`]; `None` when the
+    /// block has no adapter there, dropout is on, or the fused kernel does not apply.
+    pub fn fused_linear(
+        &self,
+        layer: usize,
+        target: Target,
+        linear: &burn::nn::Linear,
+        x: &Tensor<3>,
+    ) -> Option<Tensor<3>> {
+        let pair = self.get(layer, target)?;
+        if self.dropout_active && self.config.dropout > 0.0 {
+            return None;
+        }
+        let (weight, bias) = (linear.weight.val(), linear.bias.as_ref().map(|b| b.val()));
+        let layer = LoraLinear {
+            weight: &weight,
+            bias: bias.as_ref(),
+            a: &pair.a,
+            b: &pair.b,
+            scale: self.config.scale(),
+        };
+        linear_fused(x, &layer)
+    }
+}
+
 pub fn host(t: &Tensor<2>) -> Result<Vec<f32>> {
     t.clone()
         .into_data()

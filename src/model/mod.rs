@@ -1,10 +1,14 @@
 //! The transformer and the values that flow through its forward pass. Nothing here knows about
 //! files: loaders implement [`ParamSource`] to map a checkpoint onto the model.
 
+pub mod activation;
 pub mod cache;
 pub mod config;
+mod flex;
+pub mod head_loss;
 pub mod hf_config;
 pub mod lora;
+pub mod masked_attention;
 pub mod norm;
 pub mod rope;
 pub mod transformer;
@@ -13,6 +17,7 @@ pub use cache::KvCache;
 pub use config::{
     Activation, Architecture, BlockStyle, LayerType, Llama3RopeScaling, ModelConfig, RopeScaling,
 };
+pub use head_loss::HeadWeight;
 pub use lora::Adapters;
 pub use transformer::CausalLm;
 
@@ -63,18 +68,25 @@ impl ForwardInput {
     /// Rows of any length padded on the right (id 0, masked), positions from 0; no mask when no
     /// row is padded. What teacher-forced passes (training, probes, continuation scoring) need.
     pub fn right_padded(rows: &[impl AsRef<[u32]>], device: &Device) -> Self {
+        Self::right_padded_after(rows, 0, device)
+    }
+
+    /// As [`ForwardInput::right_padded`], after `past` cached positions that every row shares
+    /// (a prompt whose keys and values serve several continuations): positions from `past`.
+    pub fn right_padded_after(rows: &[impl AsRef<[u32]>], past: usize, device: &Device) -> Self {
         let b = rows.len();
         let seq = rows.iter().map(|r| r.as_ref().len()).max().unwrap_or(0);
         let mut ids = vec![0; b * seq];
-        let mut key_mask = vec![vec![false; seq]; b];
+        let mut key_mask = vec![vec![false; past + seq]; b];
         for (r, row) in rows.iter().enumerate() {
+            key_mask[r][..past].fill(true);
             for (i, &id) in row.as_ref().iter().enumerate() {
                 ids[r * seq + i] = id;
-                key_mask[r][i] = true;
+                key_mask[r][past + i] = true;
             }
         }
         let padded = key_mask.iter().flatten().any(|&real| !real);
-        let positions = vec![(0..seq).collect(); b];
+        let positions = vec![(past..past + seq).collect(); b];
         Self::new(ids, [b, seq], positions, padded.then_some(key_mask), device)
     }
 

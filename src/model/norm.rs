@@ -1,5 +1,9 @@
-//! RMSNorm in the two conventions of the supported families.
+//! RMSNorm in the two conventions of the supported families. On the flex CPU backend (f32, a
+//! frozen weight) a fused kernel ([`super::flex::rms_norm`]) computes it and its gradient in one
+//! pass each; other backends and dtypes take the tensor operations, which the fused kernel is
+//! tested against.
 
+use super::flex;
 use burn::module::{Module, Param};
 use burn::tensor::{DType, Tensor};
 
@@ -26,6 +30,26 @@ impl RmsNorm {
 
     /// Normalises over the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self.forward_fused(&x) {
+            Some(y) => y,
+            None => self.forward_reference(x),
+        }
+    }
+
+    /// The fused kernel, or `None` when it does not apply (another backend or dtype, a weight on
+    /// the autodiff graph).
+    pub fn forward_fused<const D: usize>(&self, x: &Tensor<D>) -> Option<Tensor<D>> {
+        let weight = self.weight.val();
+        if weight.dtype() != DType::F32 {
+            return None;
+        }
+        // In f32 the two conventions differ only by the scale.
+        let scale = if self.plus_one { weight + 1.0 } else { weight };
+        flex::rms_norm::rms_norm(x, &scale, self.eps)
+    }
+
+    /// [`RmsNorm::forward`] in tensor operations on any backend.
+    pub fn forward_reference<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dtype = x.dtype();
         let rms = (x.clone().cast(DType::F32).square().mean_dim(D - 1) + self.eps).sqrt();
         let weight = self.weight.val();

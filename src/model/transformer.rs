@@ -6,19 +6,21 @@
 //! attention and MLP, the MLP's activation, the embedding scale, which layers attend within a
 //! sliding window and with which RoPE, the attention scale and soft caps.
 
+use super::activation;
 use super::cache::KvCache;
 use super::config::{Activation, LayerType, ModelConfig};
+use super::head_loss;
 use super::lora::{Adapters, Target};
+use super::masked_attention;
 use super::norm::RmsNorm;
 use super::rope::{self, Rope};
-use super::{transpose, Forward, ForwardInput, ForwardOutput, LogitsFor, ParamSource};
+use super::{transpose, Forward, ForwardInput, ForwardOutput, HeadWeight, LogitsFor, ParamSource};
 use anyhow::{ensure, Context, Result};
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear};
-use burn::tensor::activation::{gelu_approximate, silu};
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
+use burn::tensor::activation::gelu_approximate;
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use std::sync::Arc;
 
 /// The gated MLP: `down(act(gate(x)) · up(x))`.
 #[derive(Module, Debug)]
@@ -38,6 +40,10 @@ type BlockAdapters<'a> = Option<(&'a Adapters, usize)>;
 /// Mixed precision as PEFT does it: the adapter runs in its own dtype (f32), the base output is
 /// added to it in that dtype and the sum cast back to the base dtype.
 fn project(linear: &Linear, x: Tensor<3>, lora: BlockAdapters, target: Target) -> Tensor<3> {
+    let fused = lora.and_then(|(adapters, layer)| adapters.fused_linear(layer, target, linear, &x));
+    if let Some(y) = fused {
+        return y;
+    }
     let delta = lora.and_then(|(adapters, layer)| adapters.delta(layer, target, x.clone()));
     let y = linear.forward(x);
     match delta {
@@ -64,11 +70,11 @@ impl Mlp {
     fn forward(&self, x: Tensor<3>, lora: BlockAdapters) -> Tensor<3> {
         let gate = project(&self.gate_proj, x.clone(), lora, Target::Gate);
         let up = project(&self.up_proj, x, lora, Target::Up);
-        let gate = match self.activation {
-            Activation::Silu => silu(gate),
-            Activation::GeluTanh => gelu_approximate(gate),
+        let hidden = match self.activation {
+            Activation::Silu => activation::swiglu(gate, up),
+            Activation::GeluTanh => gelu_approximate(gate) * up,
         };
-        project(&self.down_proj, gate * up, lora, Target::Down)
+        project(&self.down_proj, hidden, lora, Target::Down)
     }
 }
 
@@ -102,12 +108,12 @@ pub struct Attention {
 ///
 /// # Shapes
 /// - cos, sin: `[batch, 1, seq, head_dim]`, in the activations' dtype
-/// - mask: `[batch, heads, seq, held + seq]`, true = masked out, where `held` is how many
+/// - masked: `[batch, seq, held + seq]` flattened, true = masked out, where `held` is how many
 ///   cached columns layers of this kind hold
 struct KindTables {
     cos: Tensor<4>,
     sin: Tensor<4>,
-    mask: Tensor<4, Bool>,
+    masked: Arc<[bool]>,
 }
 
 /// The tables of the kinds of layer the model has.
@@ -193,27 +199,10 @@ impl Attention {
             Some(cache) => cache.append(block.layer, k, v),
             None => (k, v),
         };
-        let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
-        let options = AttentionModuleOptions {
-            scale: Some(self.scale),
-            softcap: self.softcap,
-            is_causal: false,
-        };
-        let out = attention(q, k, v, Some(tables.mask.clone()), None, options);
+        let out = masked_attention::attention(q, k, v, &tables.masked, self.scale, self.softcap);
         let out = out.swap_dims(1, 2).reshape([b, t, h * d]);
         project(&self.o_proj, out, lora, Target::O)
     }
-}
-
-/// Grouped-query attention: each KV head serves `groups` query heads.
-fn repeat_kv(x: Tensor<4>, groups: usize) -> Tensor<4> {
-    if groups == 1 {
-        return x;
-    }
-    let [b, kvh, t, d] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, kvh, groups, t, d])
-        .reshape([b, kvh * groups, t, d])
 }
 
 /// A block. Llama-like blocks norm the input of attention (`input_layernorm`) and of the MLP
@@ -474,36 +463,35 @@ impl CausalLm {
         Some(KindTables {
             cos: cos.cast(self.dtype()),
             sin: sin.cast(self.dtype()),
-            mask: attention_mask(input, keys, c.num_heads, &device),
+            masked: attention_mask(input, keys).into(),
         })
     }
 
     /// The output head over final-norm hidden states: `[batch, seq, hidden]` → logits, soft-capped
     /// when the model says so (Gemma 2).
     pub fn head(&self, x: Tensor<3>) -> Tensor<3> {
-        let logits = self.head_logits(x);
-        match self.config.final_logit_softcapping {
-            Some(cap) => (logits / cap).tanh() * cap,
-            None => logits,
+        let [b, t, h] = x.dims();
+        let logits = self.head_weight().logits(x.reshape([b * t, h])).reshape([
+            b,
+            t,
+            self.config.vocab_size,
+        ]);
+        head_loss::soft_cap(logits, self.config.final_logit_softcapping.map(f64::from))
+    }
+
+    /// The output head's weight: `lm_head`, or the embeddings when they are tied.
+    pub fn head_weight(&self) -> HeadWeight {
+        match &self.lm_head {
+            Some(head) => HeadWeight::Linear(head.weight.val()),
+            None => HeadWeight::Tied(self.model.embed_tokens.weight.val()),
         }
     }
 
-    fn head_logits(&self, x: Tensor<3>) -> Tensor<3> {
-        match &self.lm_head {
-            Some(head) => head.forward(x),
-            None => {
-                // Tied head: `E · xᵀ` keeps the large embedding matrix contiguous (`x · Eᵀ` would
-                // copy all of it on every call) and transposes only the small result.
-                let [b, t, h] = x.dims();
-                let logits = self
-                    .model
-                    .embed_tokens
-                    .weight
-                    .val()
-                    .matmul(x.reshape([b * t, h]).transpose());
-                logits.transpose().reshape([b, t, self.config.vocab_size])
-            }
-        }
+    /// Summed next-token loss of `targets` at final-norm hidden `rows` (`[n, hidden]`), see
+    /// [`head_loss::nll_sum`].
+    pub fn nll_sum(&self, rows: Tensor<2>, targets: &[u32]) -> Tensor<1> {
+        let softcap = self.config.final_logit_softcapping.map(f64::from);
+        head_loss::nll_sum(rows, &self.head_weight(), targets, softcap)
     }
 }
 
@@ -521,12 +509,9 @@ struct Keys {
 /// which then leaks through the padded keys of later layers. The window is counted in columns,
 /// as transformers does; a row's real tokens are contiguous (padding is on the left only), so
 /// that is also their distance in positions.
-fn attention_mask(
-    input: &ForwardInput,
-    keys: Keys,
-    heads: usize,
-    device: &Device,
-) -> Tensor<4, Bool> {
+///
+/// Returned flattened, `[batch, seq, held + seq]`.
+fn attention_mask(input: &ForwardInput, keys: Keys) -> Vec<bool> {
     let [b, t] = input.input_ids.dims();
     let Keys { past, held, window } = keys;
     let first = past - held;
@@ -543,8 +528,7 @@ fn attention_mask(
             }
         }
     }
-    Tensor::<4, Bool>::from_data(TensorData::new(data, [b, 1, t, width]), device)
-        .expand([b, heads, t, width])
+    data
 }
 
 /// Reads parameters by their checkpoint names, scoped like candle's `VarBuilder`: a part of the

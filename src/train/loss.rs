@@ -6,8 +6,7 @@ use crate::lm::Lm;
 use crate::model::{Forward, ForwardInput};
 use crate::steering::Positions;
 use anyhow::Result;
-use burn::tensor::activation::log_softmax;
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 /// A right-padded batch of examples.
 pub struct Batch {
@@ -20,7 +19,7 @@ pub struct Batch {
     pub seq: usize,
     /// Flat positions whose logits predict a target, and the target ids.
     predict_at: Vec<i64>,
-    predict: Vec<i64>,
+    predict: Vec<u32>,
 }
 
 impl Batch {
@@ -36,7 +35,7 @@ impl Batch {
                 real[r * seq + i] = true;
                 if target && i > 0 {
                     predict_at.push((r * seq + i - 1) as i64);
-                    predict.push(id as i64);
+                    predict.push(id);
                 }
             }
         }
@@ -99,12 +98,5 @@ pub fn nll_sum(lm: Lm, batch: &Batch) -> Result<Tensor<1>> {
     // Only positions that predict a target go through the output head: prompts are usually most
     // of a chat, and the head is the largest matmul.
     let rows = last.reshape([batch.rows * batch.seq, h]).select(0, at);
-    // The loss is taken in f32 whatever the model's dtype (transformers upcasts the logits).
-    let logits = lm
-        .model
-        .head(rows.unsqueeze::<3>())
-        .reshape([n, lm.config().vocab_size])
-        .cast(DType::F32);
-    let ids = Tensor::<2, Int>::from_data(TensorData::new(batch.predict.clone(), [n, 1]), &device);
-    Ok(log_softmax(logits, 1).gather(1, ids).sum().neg())
+    Ok(lm.model.nll_sum(rows, &batch.predict))
 }
