@@ -3,11 +3,13 @@
 # benchmarks alternate N times (persona-train first in odd rounds, Python first in even ones), each
 # run prints one JSON line, and the end shows each side's median and their ratio.
 #
-#   bench/compare.sh train|prefill|mmlu [N]          (N = 3 by default)
+#   bench/compare.sh train|train-steer|prefill|mmlu [N]          (N = 3 by default)
 #
 #   train    examples/bench_train vs bench/bench_peft_train.py (PyTorch + PEFT): LoRA r = 16 on all
 #            seven projections, batch 4 x 256, every token a target, AdamW; training tokens/s over
 #            TRAIN_STEPS timed steps (default 5; persona-train warms up 1 step, PEFT 2).
+#   train-steer  the same with all-layer preventative steering on both sides (--steer: coef 1,
+#            random vectors; PEFT's side adds coef·(v[l] − v[l−1]) with forward hooks).
 #   prefill  examples/bench_engine --prefill-only vs bench/bench_transformers.py --prefill-only:
 #            one forward with logits at every position, batch 1 and 8 x 128 tokens, tokens/s
 #            (median of 3 after a warm-up, inside each run).
@@ -27,11 +29,13 @@ what=${1:-}
 rounds=${2:-3}
 python=${PYTHON:-python3}
 case "$what" in
-train)
+train | train-steer)
     steps=${TRAIN_STEPS:-5}
+    steer=()
+    [ "$what" = train-steer ] && steer=(--steer)
     example=bench_train
-    ours=(target/release/examples/bench_train --steps $((steps + 1)))
-    theirs=("$python" bench/bench_peft_train.py --steps $((steps + 2)))
+    ours=(target/release/examples/bench_train --steps $((steps + 1)) "${steer[@]}")
+    theirs=("$python" bench/bench_peft_train.py --steps $((steps + 2)) "${steer[@]}")
     keys=(tokens_per_s peak_rss_mb)
     ;;
 prefill)
@@ -49,7 +53,7 @@ mmlu)
     keys=("batch_${batch}_questions_per_s" "batch_${batch}_accuracy")
     ;;
 *)
-    echo "usage: bench/compare.sh train|prefill|mmlu [N]" >&2
+    echo "usage: bench/compare.sh train|train-steer|prefill|mmlu [N]" >&2
     exit 2
     ;;
 esac

@@ -5,6 +5,7 @@
 //!   masks, a sliding window, a cached prefix (more keys than queries), a scale other than
 //!   `1/√d` and a strided q (a transposed view, as the model passes it);
 //! - the gated MLP activation `silu(gate)·up` and its gradients;
+//! - a frozen linear layer off the autodiff graph, on one thread and spread over threads;
 //! - a frozen linear layer with its LoRA adapter: the output and the gradients in x, A and B,
 //!   with and without bias, x on or off the autodiff graph;
 //! - RMSNorm with a frozen scale (`w` and Gemma's `1 + w`), and its gradient;
@@ -423,6 +424,42 @@ fn fused_swiglu_and_gradients_match_burn() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Frozen linear layer
+// ---------------------------------------------------------------------------------------------
+
+/// The fused product against burn's `Linear`: one thread (few rows), bands of columns per thread
+/// (many rows and columns), and `gemm`'s own threads (many rows, few columns); with and without
+/// bias.
+#[test]
+fn fused_linear_matches_burn() {
+    let device = Device::flex();
+    for (rows, d_in, d_out, bias) in [
+        (5, 24, 40, true),
+        (300, 160, 200, true),
+        (300, 160, 200, false),
+        (3000, 160, 16, false),
+    ] {
+        let m = |r: usize, c: usize, seed| {
+            Tensor::<2>::from_data(TensorData::new(values(r * c, seed, 1.0), [r, c]), &device)
+        };
+        let layer = burn::nn::Linear {
+            weight: burn::module::Param::from_tensor(m(d_in, d_out, 41)),
+            bias: bias.then(|| burn::module::Param::from_tensor(m(1, d_out, 42).reshape([d_out]))),
+        };
+        let x = m(rows, d_in, 43);
+        let fused = persona_train::model::linear::forward_fused(&layer, &x).expect("fused");
+        let reference = layer.forward(x.clone());
+        let err = rel_err(&vec2(fused), &vec2(reference));
+        assert!(
+            err < 1e-6,
+            "{rows}×{d_in}→{d_out} bias {bias}: rel err {err}"
+        );
+        let tracked = x.autodiff().require_grad();
+        assert!(persona_train::model::linear::forward_fused(&layer, &tracked).is_none());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Linear layer with a LoRA adapter
 // ---------------------------------------------------------------------------------------------
 
@@ -432,7 +469,7 @@ const R: usize = 4;
 
 /// Output and gradients (x when it is on the graph, A, B) of `Σ w ⊙ layer(x)`, fused or as
 /// `x·W + b + (x·A·B)·s`.
-fn lora_and_grads(fused: bool, bias: bool, x_tracked: bool) -> Vec<Vec<f32>> {
+fn lora_and_grads(fused: bool, bias: bool, x_tracked: bool, rows: usize) -> Vec<Vec<f32>> {
     let device = Device::flex();
     let strategy = GradientCheckpointingStrategy::Balanced;
     let m = |r, c, seed| {
@@ -447,7 +484,7 @@ fn lora_and_grads(fused: bool, bias: bool, x_tracked: bool) -> Vec<Vec<f32>> {
     let bias =
         bias.then(|| Tensor::<1>::from_data(TensorData::new(values(OUT, 24, 1.0), [OUT]), &device));
     let x = Tensor::<3>::from_data(
-        TensorData::new(values(2 * 5 * IN, 25, 1.0), [2, 5, IN]),
+        TensorData::new(values(2 * rows * IN, 25, 1.0), [2, rows, IN]),
         &device,
     );
     let x = match x_tracked {
@@ -482,7 +519,7 @@ fn lora_and_grads(fused: bool, bias: bool, x_tracked: bool) -> Vec<Vec<f32>> {
         }
     };
     let weights = Tensor::<3>::from_data(
-        TensorData::new(values(2 * 5 * OUT, 26, 1.0), [2, 5, OUT]),
+        TensorData::new(values(2 * rows * OUT, 26, 1.0), [2, rows, OUT]),
         &device,
     );
     let grads = (y.clone() * weights).sum().backward();
@@ -511,10 +548,17 @@ fn lora_and_grads(fused: bool, bias: bool, x_tracked: bool) -> Vec<Vec<f32>> {
 
 #[test]
 fn fused_lora_linear_and_gradients_match_the_tensor_ops() {
-    for bias in [false, true] {
-        for x_tracked in [false, true] {
-            let fused = lora_and_grads(true, bias, x_tracked);
-            let reference = lora_and_grads(false, bias, x_tracked);
+    // 5 rows: products on one thread; 3,700: the frozen products spread over the threads.
+    for (bias, x_tracked, rows) in [
+        (false, false, 5),
+        (false, true, 5),
+        (true, false, 5),
+        (true, true, 5),
+        (true, true, 3700),
+    ] {
+        {
+            let fused = lora_and_grads(true, bias, x_tracked, rows);
+            let reference = lora_and_grads(false, bias, x_tracked, rows);
             for (name, (a, b)) in ["output", "dA", "dB", "dx"]
                 .iter()
                 .zip(fused.iter().zip(&reference))
@@ -522,7 +566,7 @@ fn fused_lora_linear_and_gradients_match_the_tensor_ops() {
                 let err = rel_err(a, b);
                 assert!(
                     err < 1e-5,
-                    "bias {bias} x tracked {x_tracked}: {name} rel err {err}"
+                    "bias {bias} x tracked {x_tracked} rows {rows}: {name} rel err {err}"
                 );
             }
         }

@@ -7,6 +7,7 @@ pub mod config;
 mod flex;
 pub mod head_loss;
 pub mod hf_config;
+pub mod linear;
 pub mod lora;
 pub mod masked_attention;
 pub mod norm;

@@ -45,7 +45,7 @@ fn project(linear: &Linear, x: Tensor<3>, lora: BlockAdapters, target: Target) -
         return y;
     }
     let delta = lora.and_then(|(adapters, layer)| adapters.delta(layer, target, x.clone()));
-    let y = linear.forward(x);
+    let y = super::linear::forward(linear, x);
     match delta {
         Some(d) if d.dtype() == y.dtype() => y + d,
         Some(d) => {

@@ -11,7 +11,7 @@
 //! `[n, vocab]` buffer (that path has several, none of which fits in cache) and one `exp` per
 //! logit.
 
-use super::{is_flex, kernels, matmul, matmul_par, scalar, View};
+use super::{is_flex, kernels, matmul, scalar, View};
 use crate::model::HeadWeight;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::{
@@ -62,8 +62,7 @@ pub(crate) fn logits(rows: &Tensor<2>, head: &HeadWeight) -> Option<Tensor<2>> {
         .to_contiguous();
     let n = hidden.layout().shape()[0];
     let rows = View::row_major(hidden.as_slice::<f32>()?, n, head.hidden);
-    let mut out = vec![0f32; n * head.vocab];
-    matmul_par(&mut out, rows, head.tile(0, head.vocab), false, 1.0);
+    let out = super::linear::product(rows, head.tile(0, head.vocab), None, 1.0);
     let out = FlexTensor::from_data(TensorData::new(out, [n, head.vocab]));
     Some(Tensor::from_primitive::<Flex>(out))
 }

@@ -4,6 +4,7 @@
 //! Backward, with `gb = s·dy·Bᵀ`: `dx = dy·Wᵀ + gb·Aᵀ` (the second accumulated into the first),
 //! `dA = xᵀ·gb`, `dB = s·xaᵀ·dy`. `W` and the bias get no gradient (they are frozen).
 
+use super::linear::product;
 use super::{common_strategy, is_flex, lift, matmul_par, View};
 use crate::model::lora::LoraLinear;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -182,15 +183,8 @@ fn tensor(values: Vec<f32>, shape: [usize; 2]) -> FlexTensor {
 /// `y` `[n, out]` and `xa = x·A` `[n, r]`.
 fn forward(p: &Parts) -> (FlexTensor, FlexTensor) {
     let (n, r, d_out) = (p.n, p.r, p.frozen.d_out);
-    let mut xa = vec![0f32; n * r];
-    matmul_par(&mut xa, p.x(), p.a(), false, 1.0);
-    let mut y = vec![0f32; n * d_out];
-    matmul_par(&mut y, p.x(), p.w(), false, 1.0);
-    if let Some(bias) = &p.frozen.bias {
-        for row in y.chunks_exact_mut(d_out) {
-            row.iter_mut().zip(values(bias)).for_each(|(y, b)| *y += b);
-        }
-    }
+    let xa = product(p.x(), p.a(), None, 1.0);
+    let mut y = product(p.x(), p.w(), p.frozen.bias.as_ref().map(values), 1.0);
     matmul_par(&mut y, View::row_major(&xa, n, r), p.b(), true, p.scale);
     (tensor(y, [n, d_out]), tensor(xa, [n, r]))
 }
@@ -213,24 +207,20 @@ impl Backward<Flex, 3> for LoraBackward {
         let Saved { parts: p, xa } = &ops.state;
         let (n, r, d_in, d_out) = (p.n, p.r, p.frozen.d_in, p.frozen.d_out);
         let dy = View::row_major(values(&dy), n, d_out);
-        let mut gb = vec![0f32; n * r];
-        matmul_par(&mut gb, dy, p.b().t(), false, p.scale);
+        let gb = product(dy, p.b().t(), None, p.scale);
         let gb_view = View::row_major(&gb, n, r);
         if let Some(px) = px {
-            let mut dx = vec![0f32; n * d_in];
-            matmul_par(&mut dx, dy, p.w().t(), false, 1.0);
+            let mut dx = product(dy, p.w().t(), None, 1.0);
             matmul_par(&mut dx, gb_view, p.a().t(), true, 1.0);
             grads.register::<Flex>(px.id, tensor(dx, [n, d_in]));
         }
         if let Some(pa) = pa {
-            let mut da = vec![0f32; d_in * r];
-            matmul_par(&mut da, p.x().t(), gb_view, false, 1.0);
+            let da = product(p.x().t(), gb_view, None, 1.0);
             grads.register::<Flex>(pa.id, tensor(da, [d_in, r]));
         }
         if let Some(pb) = pb {
-            let mut db = vec![0f32; r * d_out];
             let xa = View::row_major(values(xa), n, r);
-            matmul_par(&mut db, xa.t(), dy, false, p.scale);
+            let db = product(xa.t(), dy, None, p.scale);
             grads.register::<Flex>(pb.id, tensor(db, [r, d_out]));
         }
     }

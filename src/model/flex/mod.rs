@@ -8,6 +8,7 @@
 pub(super) mod attention;
 pub(super) mod head_loss;
 mod kernels;
+pub(super) mod linear;
 pub(super) mod lora;
 pub(super) mod rms_norm;
 pub(super) mod swiglu;
