@@ -5,6 +5,7 @@
 //!   masks, a sliding window, a cached prefix (more keys than queries), a scale other than
 //!   `1/√d` and a strided q (a transposed view, as the model passes it);
 //! - the gated MLP activation `silu(gate)·up` and its gradients;
+//! - rotary embedding of a transposed view, and its gradient;
 //! - a frozen linear layer off the autodiff graph, on one thread and spread over threads;
 //! - a frozen linear layer with its LoRA adapter: the output and the gradients in x, A and B,
 //!   with and without bias, x on or off the autodiff graph;
@@ -421,6 +422,67 @@ fn fused_swiglu_and_gradients_match_burn() {
     );
     assert!(err < 1e-6, "without autodiff: rel err {err}");
     assert!(swiglu_fused(&gate.clone().cast(DType::BF16), &up.cast(DType::BF16)).is_none());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotary embedding
+// ---------------------------------------------------------------------------------------------
+
+/// Output and input gradient of `Σ w ⊙ rope(x)`, `x` a transposed view as the model passes it,
+/// tables with different angles per row (left padding shifts positions).
+fn rope_and_grad(fused: bool, strategy: Option<GradientCheckpointingStrategy>) -> Vec<Vec<f32>> {
+    use persona_train::model::rope::{apply_fused, apply_reference};
+    let device = Device::flex();
+    let (b, t, h, d) = (2, 7, 3, 8);
+    let table = |seed| {
+        Tensor::<4>::from_data(
+            TensorData::new(values(b * t * d, seed, 1.0), [b, 1, t, d]),
+            &device,
+        )
+    };
+    let (cos, sin) = (table(51), table(52));
+    let x = Tensor::<4>::from_data(
+        TensorData::new(values(b * t * h * d, 53, 1.0), [b, t, h, d]),
+        &device,
+    )
+    .swap_dims(1, 2);
+    let x = match strategy {
+        Some(s) => x
+            .autodiff()
+            .with_gradient_checkpointing_strategy(s)
+            .require_grad(),
+        None => x,
+    };
+    let y = match fused {
+        true => apply_fused(&x, &cos, &sin).expect("the fused path applies"),
+        false => apply_reference(x.clone(), &cos, &sin),
+    };
+    if strategy.is_none() {
+        return vec![vec4(y)];
+    }
+    let w = Tensor::<4>::from_data(
+        TensorData::new(values(b * h * t * d, 54, 1.0), [b, h, t, d]),
+        &device,
+    );
+    let grads = (y.clone() * w).sum().backward();
+    vec![vec4(y.inner()), vec4(x.grad(&grads).expect("x gradient"))]
+}
+
+#[test]
+fn fused_rope_and_gradient_match_the_tensor_ops() {
+    for strategy in [
+        None,
+        Some(GradientCheckpointingStrategy::Disabled),
+        Some(GradientCheckpointingStrategy::Balanced),
+    ] {
+        let fused = rope_and_grad(true, strategy);
+        let reference = rope_and_grad(false, strategy);
+        assert_eq!(fused.len(), reference.len());
+        for (name, (a, b)) in ["output", "dx"].iter().zip(fused.iter().zip(&reference)) {
+            let err = rel_err(a, b);
+            assert!(err < 1e-6, "{strategy:?}: {name} rel err {err}");
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -60,8 +60,24 @@ impl Rope {
     }
 }
 
-/// `x * cos + rotate_half(x) * sin` for `x` of shape `[batch, heads, seq, head_dim]`.
+/// `x * cos + rotate_half(x) * sin` for `x` of shape `[batch, heads, seq, head_dim]`. On the flex
+/// CPU backend (f32) a fused kernel ([`super::flex::rope`]) computes it and its gradient in one
+/// pass each; elsewhere [`apply_reference`] does, which the fused kernel is tested against.
 pub fn apply(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    match apply_fused(&x, cos, sin) {
+        Some(y) => y,
+        None => apply_reference(x, cos, sin),
+    }
+}
+
+/// The fused kernel, or `None` when it does not apply (another backend or dtype, tables on the
+/// autodiff graph).
+pub fn apply_fused(x: &Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Option<Tensor<4>> {
+    super::flex::rope::rope(x, cos, sin)
+}
+
+/// [`apply`] in tensor operations on any backend.
+pub fn apply_reference(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     let [b, h, t, d] = x.dims();
     let half = d / 2;
     let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);

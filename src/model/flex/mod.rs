@@ -11,6 +11,7 @@ mod kernels;
 pub(super) mod linear;
 pub(super) mod lora;
 pub(super) mod rms_norm;
+pub(super) mod rope;
 pub(super) mod swiglu;
 
 use burn::backend::flex::FlexTensor;
