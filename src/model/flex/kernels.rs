@@ -1,13 +1,24 @@
 //! Row kernels of the fused operations, written so the compiler vectorizes them (16 independent
-//! lanes, a branch-free `exp`), and compiled for AVX2 as well, used where the CPU has it.
+//! lanes, a branch-free `exp`), and compiled for AVX-512 and AVX2 as well, used where the CPU has
+//! them. The lanes are explicit, so every build sums in the same order.
 
 const LANES: usize = 16;
 
-/// Public kernels, each calling its `_impl` body compiled for AVX2 when the CPU has it.
+/// Public kernels, each calling its `_impl` body compiled for AVX-512 or AVX2 when the CPU has
+/// it.
 macro_rules! multiversion {
     ($($(#[$doc:meta])* fn $name:ident($($a:ident: $t:ty),*) -> $r:ty = $imp:ident;)*) => {$(
         $(#[$doc])*
         pub fn $name($($a: $t),*) -> $r {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($a: $t),*) -> $r {
+                    $imp($($a),*)
+                }
+                // SAFETY: the CPU has AVX-512F (checked above).
+                return unsafe { avx512($($a),*) };
+            }
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx2") {
                 #[target_feature(enable = "avx2")]
