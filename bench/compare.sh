@@ -3,7 +3,7 @@
 # benchmarks alternate N times (persona-train first in odd rounds, Python first in even ones), each
 # run prints one JSON line, and the end shows each side's median and their ratio.
 #
-#   bench/compare.sh train|train-steer|prefill|mmlu [N]          (N = 3 by default)
+#   bench/compare.sh train|train-steer|prefill|decode|mmlu [N]          (N = 3 by default)
 #
 #   train    examples/bench_train vs bench/bench_peft_train.py (PyTorch + PEFT): LoRA r = 16 on all
 #            seven projections, batch 4 x 256, every token a target, AdamW; training tokens/s over
@@ -13,6 +13,8 @@
 #   prefill  examples/bench_engine --prefill-only vs bench/bench_transformers.py --prefill-only:
 #            one forward with logits at every position, batch 1 and 8 x 128 tokens, tokens/s
 #            (median of 3 after a warm-up, inside each run).
+#   decode   the same two without --prefill-only: greedy decoding at batch 1 after a 128-token
+#            prompt, 63 / (t(64 new tokens) − t(1 new token)), KV cache (and the prefills again).
 #   mmlu     examples/bench_mmlu vs bench/bench_mmlu.py: 0-shot MMLU questions/s at batch
 #            MMLU_BATCH (default 8) over the first MMLU_QUESTIONS (default 200) questions of
 #            tests/fixtures/mmlu/golden.json, and the accuracy.
@@ -44,6 +46,12 @@ prefill)
     theirs=("$python" bench/bench_transformers.py --prefill-only --json)
     keys=(prefill_b1_tokens_per_s prefill_b8_tokens_per_s peak_rss_mb)
     ;;
+decode)
+    example=bench_engine
+    ours=(target/release/examples/bench_engine)
+    theirs=("$python" bench/bench_transformers.py --json)
+    keys=(decode_tokens_per_s prefill_b1_tokens_per_s prefill_b8_tokens_per_s)
+    ;;
 mmlu)
     batch=${MMLU_BATCH:-8}
     questions=${MMLU_QUESTIONS:-200}
@@ -53,7 +61,7 @@ mmlu)
     keys=("batch_${batch}_questions_per_s" "batch_${batch}_accuracy")
     ;;
 *)
-    echo "usage: bench/compare.sh train|train-steer|prefill|mmlu [N]" >&2
+    echo "usage: bench/compare.sh train|train-steer|prefill|decode|mmlu [N]" >&2
     exit 2
     ;;
 esac

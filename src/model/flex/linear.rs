@@ -12,8 +12,12 @@ use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-/// Multiply-adds below which one thread does the whole product (burn-flex's threshold).
+/// Multiply-adds below which one thread does the whole product (burn-flex's threshold)...
 const PARALLEL_WORK: usize = 192 * 192 * 192;
+
+/// ...unless the right-hand side has this many values: a product of few rows (decoding) is
+/// bound by reading the weight, and two cores read it faster than one.
+const PARALLEL_READ: usize = 256 * 1024;
 
 /// Columns below which a band per thread is too narrow to pay (a LoRA rank, say).
 const MIN_BAND: usize = 64;
@@ -77,7 +81,7 @@ pub(super) fn product(lhs: View, rhs: View, bias: Option<&[f32]>, scale: f32) ->
     }
     let dst = Dst(spare.as_mut_ptr());
     let threads = rayon::current_num_threads();
-    let parallel = m * n * k >= PARALLEL_WORK;
+    let parallel = m * n * k >= PARALLEL_WORK || k * n >= PARALLEL_READ;
     if parallel && n < MIN_BAND * threads {
         let whole = Call {
             parallelism: gemm::Parallelism::Rayon(0),
