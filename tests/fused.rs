@@ -490,8 +490,8 @@ fn fused_rope_and_gradient_match_the_tensor_ops() {
 // ---------------------------------------------------------------------------------------------
 
 /// The fused product against burn's `Linear`: one thread (few rows), bands of columns per thread
-/// (many rows and columns), and `gemm`'s own threads (many rows, few columns); with and without
-/// bias.
+/// (many rows and columns, or one row and a large weight, as in decoding), and `gemm`'s own
+/// threads (many rows, few columns); with and without bias.
 #[test]
 fn fused_linear_matches_burn() {
     let device = Device::flex();
@@ -500,6 +500,7 @@ fn fused_linear_matches_burn() {
         (300, 160, 200, true),
         (300, 160, 200, false),
         (3000, 160, 16, false),
+        (1, 576, 512, true),
     ] {
         let m = |r: usize, c: usize, seed| {
             Tensor::<2>::from_data(TensorData::new(values(r * c, seed, 1.0), [r, c]), &device)

@@ -10,9 +10,12 @@
 //!   the model's dtype;
 //! - the output head's logits at target positions, f32, with their log-softmax and gradient.
 //!
-//! Checked against the measured peak of the CPU benchmark (SmolLM2, r = 16 on all projections,
-//! batch 4×256, every token a target): 2.9 GiB (3.1 GB) estimated, 3.47 GB peak RSS measured
-//! (the rest is the allocator's slack, the tokenizer and the data).
+//! This is what the tensor-op path keeps (CUDA, CubeCL's CPU runtime), checked against the CPU
+//! benchmark (SmolLM2, r = 16 on all projections, batch 4×256, every token a target) before the
+//! flex backend had fused kernels: 2.9 GiB (3.1 GB) estimated, 3.47 GB peak RSS measured (the
+//! rest is the allocator's slack, the tokenizer and the data). On flex the fused kernels keep
+//! neither the logits nor attention probabilities, and the same benchmark peaks at 1.74 GB, so
+//! there the estimate is an upper bound.
 
 use crate::model::lora::Adapters;
 use crate::model::ModelConfig;
