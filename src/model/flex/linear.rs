@@ -6,7 +6,7 @@
 //! own threading, which at 128 rows reached ~200 GFLOP/s here where two halves of the columns,
 //! one per thread, reach ~230 (and ~285 either way at 1,024 rows).
 
-use super::{is_flex, View};
+use super::{gemm_at, is_flex, Call, View};
 use burn::backend::Flex;
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
@@ -132,46 +132,5 @@ impl Dst {
     fn at(self, offset: usize) -> *mut f32 {
         // SAFETY (of the callers): `offset` lies inside the buffer.
         self.0.wrapping_add(offset).cast()
-    }
-}
-
-/// How one `gemm` call runs: on which threads, adding to the destination or not, and the
-/// product's scale.
-#[derive(Clone, Copy)]
-struct Call {
-    parallelism: gemm::Parallelism,
-    accumulate: bool,
-    scale: f32,
-}
-
-/// `dst (+)= scale · lhs·rhs`, `dst` row-major with row stride `dst_rs`.
-///
-/// # Safety
-/// `dst` must point at `lhs.rows` rows of `rhs.cols` writable values, `dst_rs` apart, holding
-/// initialised values when `accumulate`.
-unsafe fn gemm_at(dst: *mut f32, dst_rs: usize, lhs: View, rhs: View, call: Call) {
-    let (m, n, k) = (lhs.rows, rhs.cols, lhs.cols);
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_rs as isize,
-            call.accumulate,
-            lhs.data.as_ptr().add(lhs.offset),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr().add(rhs.offset),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            1.0,
-            call.scale,
-            false,
-            false,
-            false,
-            call.parallelism,
-        );
     }
 }

@@ -147,17 +147,41 @@ fn gemm_into(
     let (m, n, k) = (lhs.rows, rhs.cols, lhs.cols);
     assert_eq!(rhs.rows, k, "inner dimensions");
     assert_eq!(dst.len(), m * n, "output size");
-    // SAFETY: `View::new` checked that every element of `lhs` and `rhs` lies in its slice, and
-    // `dst` holds exactly `m × n` values at strides `(n, 1)`.
+    let call = Call {
+        parallelism,
+        accumulate,
+        scale,
+    };
+    // SAFETY: `dst` holds exactly `m × n` initialised values at row stride `n`.
+    unsafe { gemm_at(dst.as_mut_ptr(), n, lhs, rhs, call) };
+}
+
+/// How one `gemm` call runs: on which threads, adding to the destination or not, and the
+/// product's scale.
+#[derive(Clone, Copy)]
+struct Call {
+    parallelism: gemm::Parallelism,
+    accumulate: bool,
+    scale: f32,
+}
+
+/// `dst (+)= scale · lhs·rhs`, `dst` row-major with row stride `dst_rs`.
+///
+/// # Safety
+/// `dst` must point at `lhs.rows` rows of `rhs.cols` writable values, `dst_rs` apart, holding
+/// initialised values when `accumulate`; `View::new` has checked that every element of `lhs`
+/// and `rhs` lies in its slice.
+unsafe fn gemm_at(dst: *mut f32, dst_rs: usize, lhs: View, rhs: View, call: Call) {
+    let (m, n, k) = (lhs.rows, rhs.cols, lhs.cols);
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
-            n as isize,
-            accumulate,
+            dst_rs as isize,
+            call.accumulate,
             lhs.data.as_ptr().add(lhs.offset),
             lhs.cs as isize,
             lhs.rs as isize,
@@ -165,11 +189,11 @@ fn gemm_into(
             rhs.cs as isize,
             rhs.rs as isize,
             1.0,
-            scale,
+            call.scale,
             false,
             false,
             false,
-            parallelism,
+            call.parallelism,
         );
     }
 }

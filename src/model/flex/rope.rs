@@ -16,7 +16,6 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, DispatchKindConversion, DispatchTensor, Flex};
 use burn::tensor::{DType, GradientCheckpointingStrategy, Tensor, TensorData};
 use rayon::prelude::*;
-use std::sync::Arc;
 
 /// The rotation of `x` (`[batch, heads, seq, head_dim]`) by the tables `cos`, `sin`
 /// (`[batch, 1, seq, head_dim]`, off the autodiff graph), or `None` when these tensors are not
@@ -34,10 +33,8 @@ pub(crate) fn rope(x: &Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Option<Te
     if !eligible {
         return None;
     }
-    let table = |t: &Tensor<4>| {
-        let t = t.clone().try_into_primitive::<Flex>().ok()?.to_contiguous();
-        Some(t.as_slice::<f32>()?.into())
-    };
+    // Contiguous already (built on the host), so this shares their buffers rather than copying.
+    let table = |t: &Tensor<4>| Some(t.clone().try_into_primitive::<Flex>().ok()?.to_contiguous());
     let tables = Tables {
         cos: table(cos)?,
         sin: table(sin)?,
@@ -54,11 +51,11 @@ pub(crate) fn rope(x: &Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Option<Te
     }
 }
 
-/// The tables, `[batch, seq, head_dim]` each.
+/// The tables, `[batch, 1, seq, head_dim]` each, contiguous.
 #[derive(Clone, Debug)]
 struct Tables {
-    cos: Arc<[f32]>,
-    sin: Arc<[f32]>,
+    cos: FlexTensor,
+    sin: FlexTensor,
 }
 
 fn tracked<C: CheckpointStrategy>(x: &Tensor<4>, tables: Tables) -> Option<Tensor<4>>
@@ -85,6 +82,7 @@ fn rotate(x: FlexTensor, tables: &Tables, inverse: bool) -> FlexTensor {
     let (b, h, t, d) = (shape[0], shape[1], shape[2], shape[3]);
     let (x, offset, s) = strided(x);
     let values = x.storage::<f32>();
+    let [cos, sin] = [&tables.cos, &tables.sin].map(|t| t.as_slice::<f32>().expect("f32"));
     let mut out = vec![0f32; b * h * t * d];
     out.par_chunks_mut(t * d).enumerate().for_each_init(
         || vec![0f32; d],
@@ -100,8 +98,8 @@ fn rotate(x: FlexTensor, tables: &Tables, inverse: bool) -> FlexTensor {
                         .for_each(|(j, x)| *x = values[at + j * step]),
                 }
                 let table = (row * t + pos) * d;
-                let cos = &tables.cos[table..table + d];
-                let sin = &tables.sin[table..table + d];
+                let cos = &cos[table..table + d];
+                let sin = &sin[table..table + d];
                 rotate_row(x, (cos, sin), inverse, y);
             }
         },
